@@ -1,0 +1,1 @@
+"""`python -m data_prep`: raw text to a Megatron-Core indexed dataset (.bin/.idx)."""

@@ -1,0 +1,55 @@
+"""The run's whole configuration: one typed section per owner, registered with Hydra.
+
+Each section's dataclass lives beside the code that owns it; this module only
+composes them, registers the schema, and checks the rules that span sections.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+
+from nemotron_train.config.errors import ConfigError
+from nemotron_train.data.config import DataConfig
+from nemotron_train.model.config import HybridModelConfig
+from nemotron_train.precision.presets import PrecisionConfig
+from nemotron_train.runtime.distributed import ParallelConfig
+from nemotron_train.telemetry.metrics import LoggingConfig
+from nemotron_train.training.checkpoint import CheckpointConfig
+from nemotron_train.training.config import TrainConfig
+from nemotron_train.training.optimizer import OptimConfig
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """Everything one training run needs."""
+
+    recipe: Optional[str] = None
+    """Name of the recipe this run was composed from (informational)."""
+    seed: int = 1234
+    """Seed for initialisation and data order."""
+    dry_run: bool = False
+    """Validate the layout and report parameters, FLOPs and memory without allocating weights."""
+    model: HybridModelConfig = field(default_factory=HybridModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self):
+        check_sequence_parallel_with_moe(self)
+
+
+def check_sequence_parallel_with_moe(config: RunConfig) -> None:
+    """Megatron-Core requires sequence parallelism for MoE layers under tensor parallelism."""
+    if config.parallel.tensor > 1 and "E" in config.model.pattern and not config.parallel.sequence_parallel:
+        raise ConfigError("parallel.sequence_parallel", False,
+                          "MoE with parallel.tensor > 1 requires parallel.sequence_parallel=true")
+
+
+def register_schema() -> None:
+    """Make `RunConfig` the schema Hydra validates every recipe against."""
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)

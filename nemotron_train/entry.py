@@ -1,0 +1,43 @@
+"""From a composed Hydra config to a finished run: validate, record, train or dry-run."""
+
+import logging
+import sys
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from nemotron_train.config.errors import ConfigError
+from nemotron_train.config.schema import RunConfig
+
+
+def to_run_config(cfg: DictConfig) -> RunConfig:
+    """Build the typed RunConfig; every section's validation runs here, before any allocation."""
+    return OmegaConf.to_object(cfg)
+
+
+def write_resolved_config(cfg: DictConfig, run_dir: Path) -> None:
+    """The resolved composition, as `config.yaml` in the run directory."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def run(cfg: DictConfig) -> None:
+    """Entry point behind train.py; exits with status 2 and one clear line on bad configuration."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    # Megatron-Core logs every parameter and config at INFO; keep the console to our progress.
+    logging.getLogger("megatron").setLevel(logging.WARNING)
+    try:
+        config = to_run_config(cfg)
+        if config.dry_run:
+            from nemotron_train.model.report import dry_run
+
+            write_resolved_config(cfg, run_dir)
+            dry_run(config, run_dir)
+            return
+        from nemotron_train.training.loop import train
+
+        train(config, run_dir, on_run_dir=lambda final_dir: write_resolved_config(cfg, final_dir))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,130 @@
+"""Layer specs for the hybrid stack: Megatron-Core's TE spec, or our local spec.
+
+Megatron-Core ships only a TransformerEngine hybrid spec
+(`megatron.core.models.hybrid.hybrid_layer_specs.hybrid_stack_spec`). The local
+spec below builds the same layer types from Megatron-Core's own non-TE modules
+(tensor-parallel linears, `DotProductAttention`, `SequentialMLP` experts) so the
+model runs where TransformerEngine cannot be imported, CPU included.
+"""
+
+from functools import partial
+
+from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+from megatron.core.models.gpt.moe_module_specs import get_moe_module_spec
+from megatron.core.models.hybrid.hybrid_block import HybridStack, HybridStackSubmodules
+from megatron.core.ssm.mamba_layer import MambaLayer, MambaLayerSubmodules
+from megatron.core.ssm.mamba_mixer import MambaMixer, MambaMixerSubmodules
+from megatron.core.ssm.mlp_layer import MLPLayer
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
+from megatron.core.transformer.dot_product_attention import DotProductAttention
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.multi_token_prediction import (
+    MultiTokenPredictionBlock,
+    MultiTokenPredictionBlockSubmodules,
+    MultiTokenPredictionLayer,
+    MultiTokenPredictionLayerSubmodules,
+)
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_layer import (
+    MoETransformerLayer,
+    TransformerLayer,
+    TransformerLayerSubmodules,
+)
+
+from nemotron_train.config.errors import ConfigError
+from nemotron_train.model.norms import RMSNorm
+from nemotron_train.runtime.backends import transformer_engine_available
+
+
+def local_hybrid_stack_spec() -> ModuleSpec:
+    """The hybrid stack from Megatron-Core's non-TE modules (norms are separate modules)."""
+    dense_linears = MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear)
+    return ModuleSpec(
+        module=HybridStack,
+        submodules=HybridStackSubmodules(
+            mamba_layer=ModuleSpec(
+                module=MambaLayer,
+                submodules=MambaLayerSubmodules(
+                    norm=RMSNorm,
+                    mixer=ModuleSpec(
+                        module=MambaMixer,
+                        submodules=MambaMixerSubmodules(
+                            in_proj=ColumnParallelLinear, out_proj=RowParallelLinear
+                        ),
+                    ),
+                    mamba_bda=get_bias_dropout_add,
+                ),
+            ),
+            attention_layer=ModuleSpec(
+                module=TransformerLayer,
+                submodules=TransformerLayerSubmodules(
+                    input_layernorm=RMSNorm,
+                    self_attention=ModuleSpec(
+                        module=SelfAttention,
+                        params={"attn_mask_type": AttnMaskType.causal},
+                        submodules=SelfAttentionSubmodules(
+                            linear_qkv=ColumnParallelLinear,
+                            core_attention=DotProductAttention,
+                            linear_proj=RowParallelLinear,
+                        ),
+                    ),
+                    self_attn_bda=get_bias_dropout_add,
+                ),
+            ),
+            mlp_layer=ModuleSpec(
+                module=MLPLayer,
+                submodules=TransformerLayerSubmodules(
+                    pre_mlp_layernorm=RMSNorm,
+                    mlp=partial(MLP.as_mlp_submodule, submodules=dense_linears),
+                    mlp_bda=get_bias_dropout_add,
+                ),
+            ),
+            moe_layer=ModuleSpec(
+                module=MoETransformerLayer,
+                submodules=TransformerLayerSubmodules(
+                    pre_mlp_layernorm=RMSNorm,
+                    # num_experts only has to be non-None here; the count comes from the config.
+                    mlp=get_moe_module_spec(use_te=False, num_experts=1, moe_grouped_gemm=False),
+                    mlp_bda=get_bias_dropout_add,
+                ),
+            ),
+            mtp_block_spec=ModuleSpec(
+                module=MultiTokenPredictionBlock,
+                submodules=MultiTokenPredictionBlockSubmodules(
+                    layer_specs=[
+                        ModuleSpec(
+                            module=MultiTokenPredictionLayer,
+                            submodules=MultiTokenPredictionLayerSubmodules(
+                                enorm=RMSNorm,
+                                hnorm=RMSNorm,
+                                eh_proj=ColumnParallelLinear,
+                                mtp_model_layer=None,
+                                layer_norm=RMSNorm,
+                            ),
+                        )
+                    ]
+                ),
+            ),
+        ),
+    )
+
+
+def select_hybrid_stack_spec(backend: str = "auto") -> tuple[ModuleSpec, str]:
+    """Return `(spec, name)` for `backend` in {"auto", "te", "local"}.
+
+    "auto" takes Megatron-Core's TE spec when TransformerEngine imports, else the local one.
+    """
+    if backend not in ("auto", "te", "local"):
+        raise ConfigError("model.spec", backend, "choose one of 'auto', 'te', 'local'")
+    use_te = backend == "te" or (backend == "auto" and transformer_engine_available())
+    if use_te:
+        if not transformer_engine_available():
+            raise ConfigError("model.spec", backend,
+                              "TransformerEngine cannot be imported here; install the `gpu` "
+                              "extra or use model.spec=local (or auto)")
+        from megatron.core.models.hybrid.hybrid_layer_specs import hybrid_stack_spec
+
+        return hybrid_stack_spec, "te"
+    return local_hybrid_stack_spec(), "local"

@@ -1,0 +1,32 @@
+"""Pick the runtime for this machine before any Megatron-Core module is built."""
+
+from dataclasses import dataclass
+
+from nemotron_train.runtime import cpu_compat, mamba_kernels, te_fallbacks
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """What this process runs on, as reported at the start of a run."""
+
+    device_type: str
+    """'cuda' or 'cpu'."""
+    transformer_engine: bool
+    mamba_kernel: str
+    """'mamba_ssm' (fused Triton/CUDA) or 'torch' (our chunked pure-PyTorch scan)."""
+
+    def describe(self) -> str:
+        return (f"device={self.device_type} transformer_engine={self.transformer_engine} "
+                f"mamba_kernel={self.mamba_kernel}")
+
+
+def prepare_runtime() -> RuntimeInfo:
+    """Install the CPU stand-ins, TE fallbacks and Mamba kernel this machine needs."""
+    on_cpu = cpu_compat.activate()
+    te_missing = te_fallbacks.install()
+    kernel = mamba_kernels.install()
+    return RuntimeInfo(
+        device_type="cpu" if on_cpu else "cuda",
+        transformer_engine=not te_missing,
+        mamba_kernel=kernel,
+    )

@@ -1,0 +1,128 @@
+"""Save and resume through Megatron-Core's dist_checkpointing.
+
+A checkpoint is a directory `iter_<step>` holding the sharded model and
+optimizer state plus the common state (step, consumed samples, scheduler).
+It is written under a temporary name and renamed when complete, and `latest`
+is replaced atomically after that, so a killed save never looks complete.
+"""
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch.distributed as dist
+
+from megatron.core import dist_checkpointing
+
+from nemotron_train.config.errors import ConfigError
+
+LATEST_FILE = "latest"
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    """Where checkpoints go, how often, and what to resume from."""
+
+    dir: Optional[str] = None
+    """Checkpoint directory; None puts it in <run_dir>/checkpoints."""
+    save_interval: int = 0
+    """Save every this many optimizer steps (0: only at the end, if `save_final`)."""
+    save_final: bool = True
+    """Save after the last step."""
+    load: Optional[str] = None
+    """Start from this checkpoint directory (a run's checkpoint dir or one `iter_*` in it)."""
+    resume: bool = True
+    """Resume from `dir` when it already holds a checkpoint (takes precedence over `load`)."""
+    keep_last: int = 2
+    """Keep only the newest this many checkpoints in `dir` (0 keeps all)."""
+
+    def __post_init__(self):
+        if self.save_interval < 0:
+            raise ConfigError("checkpoint.save_interval", self.save_interval, "must be >= 0")
+        if self.keep_last < 0:
+            raise ConfigError("checkpoint.keep_last", self.keep_last, "must be >= 0")
+
+
+@dataclass
+class TrainState:
+    """What, beyond weights and optimizer, a resumed run needs to continue exactly."""
+
+    step: int = 0
+    consumed_samples: int = 0
+
+
+def iteration_dir(checkpoint_dir: Path, step: int) -> Path:
+    return Path(checkpoint_dir) / f"iter_{step:07d}"
+
+
+def resolve_checkpoint(path) -> Optional[Path]:
+    """The `iter_*` directory that `path` names, directly or through its `latest` file."""
+    path = Path(path)
+    if (path / LATEST_FILE).is_file():
+        return path / (path / LATEST_FILE).read_text().strip()
+    if path.name.startswith("iter_") and path.is_dir():
+        return path
+    return None
+
+
+def _sharded_state(model_chunks, optimizer, *, is_loading: bool) -> dict:
+    model_state = {}
+    for index, chunk in enumerate(model_chunks):
+        key = "model" if len(model_chunks) == 1 else f"model{index}"
+        model_state[key] = chunk.module.sharded_state_dict()
+    optimizer_state = optimizer.sharded_state_dict(
+        model_state if len(model_chunks) > 1 else model_state["model"], is_loading=is_loading
+    )
+    return {**model_state, "optimizer": optimizer_state}
+
+
+def save_checkpoint(checkpoint_dir, state: TrainState, model_chunks, optimizer, scheduler,
+                    keep_last: int = 0) -> Path:
+    """Write `iter_<step>` atomically and point `latest` at it; return its path."""
+    checkpoint_dir = Path(checkpoint_dir)
+    final = iteration_dir(checkpoint_dir, state.step)
+    partial = final.with_name(final.name + ".partial")
+    if dist.get_rank() == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    dist.barrier()
+    sharded = _sharded_state(model_chunks, optimizer, is_loading=False)
+    sharded["train_state"] = {"step": state.step, "consumed_samples": state.consumed_samples}
+    sharded["scheduler"] = scheduler.state_dict()
+    dist_checkpointing.save(sharded, str(partial))
+    dist.barrier()
+    if dist.get_rank() == 0:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        latest_tmp = checkpoint_dir / (LATEST_FILE + ".tmp")
+        latest_tmp.write_text(final.name)
+        os.replace(latest_tmp, checkpoint_dir / LATEST_FILE)
+        _prune(checkpoint_dir, keep_last)
+    dist.barrier()
+    return final
+
+
+def _prune(checkpoint_dir: Path, keep_last: int) -> None:
+    if keep_last <= 0:
+        return
+    complete = sorted(p for p in checkpoint_dir.glob("iter_*") if not p.name.endswith(".partial"))
+    for old in complete[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(path, model_chunks, optimizer, scheduler) -> TrainState:
+    """Load weights, optimizer, scheduler and train state from `path` (resolved as above)."""
+    checkpoint = resolve_checkpoint(path)
+    if checkpoint is None:
+        raise ConfigError("checkpoint.load", str(path),
+                          "no checkpoint there: name a checkpoint dir with a `latest` file or an iter_* dir")
+    sharded = _sharded_state(model_chunks, optimizer, is_loading=True)
+    loaded = dist_checkpointing.load(sharded, str(checkpoint))
+    for index, chunk in enumerate(model_chunks):
+        key = "model" if len(model_chunks) == 1 else f"model{index}"
+        chunk.module.load_state_dict(loaded[key])
+    optimizer.load_state_dict(loaded["optimizer"])
+    scheduler.load_state_dict(loaded["scheduler"])
+    return TrainState(**loaded["train_state"])

@@ -1,0 +1,281 @@
+"""The training loop: Megatron-Core's schedules, optimizer and scheduler, step by step."""
+
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from megatron.core.distributed import finalize_model_grads
+from megatron.core.num_microbatches_calculator import (
+    destroy_num_microbatches_calculator,
+    init_num_microbatches_calculator,
+)
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+from megatron.core.transformer.moe.moe_logging import get_moe_metrics_tracker
+
+from nemotron_train.data.datasets import build_data_iterator, build_datasets
+from nemotron_train.data.tokenizer import build_tokenizer
+from nemotron_train.runtime.distributed import destroy_distributed, initialize_distributed
+from nemotron_train.runtime.setup import prepare_runtime
+from nemotron_train.telemetry.metrics import MetricsLogger
+from nemotron_train.training.checkpoint import (
+    TrainState,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from nemotron_train.training.forward_step import forward_step
+from nemotron_train.training.model_setup import build_model
+from nemotron_train.training.optimizer import build_optimizer, build_scheduler, schedule_steps
+from nemotron_train.precision.presets import precision_settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """How a run ended."""
+
+    start_step: int
+    final_step: int
+    losses: list = field(default_factory=list)
+    """(step, loss) for every step, on every rank."""
+    checkpoint: Optional[Path] = None
+    interrupted: bool = False
+
+
+class _SigtermFlag:
+    """Set on SIGTERM so the loop can checkpoint before the scheduler kills the job."""
+
+    def __init__(self):
+        self.received = False
+
+    def install(self):
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = True
+
+
+def train(config, run_dir: Path, on_run_dir=None) -> TrainResult:
+    """Train `config` (a RunConfig) and write its metrics and checkpoints under `run_dir`.
+
+    `on_run_dir(run_dir)` runs on rank 0 once the run directory is agreed (to record the config).
+    """
+    runtime = prepare_runtime()
+    context = initialize_distributed(config.parallel)
+    try:
+        run_dir = _agree_on_run_dir(Path(run_dir))
+        if context.rank == 0 and on_run_dir is not None:
+            on_run_dir(run_dir)
+        return _train(config, run_dir, runtime, context)
+    finally:
+        destroy_num_microbatches_calculator()
+        destroy_distributed()
+
+
+def _train(config, run_dir, runtime, context) -> TrainResult:
+    is_logging_rank = context.rank == 0
+    if is_logging_rank:
+        print(f"[nemotron-train] {runtime.describe()} world_size={context.world_size} "
+              f"backend={context.backend} run_dir={run_dir}", flush=True)
+    torch.manual_seed(config.seed)
+    model_parallel_cuda_manual_seed(config.seed)
+    train_cfg = config.train
+    num_microbatches = train_cfg.global_batch_size // (
+        train_cfg.micro_batch_size * context.data_parallel_size)
+    init_num_microbatches_calculator(context.rank, None, train_cfg.global_batch_size,
+                                     train_cfg.micro_batch_size, context.data_parallel_size)
+
+    tokenizer = build_tokenizer(config.data.tokenizer, config.data.cache_dir)
+    setup = build_model(config, tokenizer.vocab_size, context.device)
+    optimizer = build_optimizer(
+        setup.chunks, config.optim,
+        precision_fields=precision_settings(config.precision).optimizer,
+        distributed_optimizer=config.parallel.distributed_optimizer,
+    )
+    tokens_per_step = train_cfg.global_batch_size * config.model.seq_length
+    scheduler = build_scheduler(optimizer, config.optim,
+                                schedule_steps(config.optim, train_cfg.max_steps, tokens_per_step))
+    _connect_megatron_hooks(setup, optimizer)
+
+    checkpoint_dir = Path(config.checkpoint.dir or run_dir / "checkpoints")
+    state = _maybe_resume(config.checkpoint, checkpoint_dir, setup.chunks, optimizer, scheduler)
+    datasets = build_datasets(
+        config.data, tokenizer, seq_length=config.model.seq_length, seed=config.seed,
+        train_samples=train_cfg.max_steps * train_cfg.global_batch_size,
+        valid_samples=max(1, train_cfg.eval_iters * train_cfg.micro_batch_size
+                          * context.data_parallel_size * _evaluations(train_cfg)),
+    )
+    train_iterator = build_data_iterator(
+        datasets.train, micro_batch_size=train_cfg.micro_batch_size,
+        consumed_samples=state.consumed_samples,
+        data_parallel_rank=context.data_parallel_rank,
+        data_parallel_size=context.data_parallel_size,
+    )
+    metrics = MetricsLogger(run_dir, config.logging, max_steps=train_cfg.max_steps,
+                            enabled=is_logging_rank, start_step=state.step)
+    sigterm = _SigtermFlag()
+    if train_cfg.exit_on_sigterm:
+        sigterm.install()
+    step_fn = partial(
+        train_step, forward_backward=get_forward_backward_func(), model_chunks=setup.chunks,
+        optimizer=optimizer, scheduler=scheduler, num_microbatches=num_microbatches,
+        seq_length=config.model.seq_length, micro_batch_size=train_cfg.micro_batch_size,
+        device=context.device, moe_layers=_moe_layer_flags(config.model),
+    )
+
+    result = TrainResult(start_step=state.step, final_step=state.step)
+    while state.step < train_cfg.max_steps:
+        started = time.perf_counter()
+        step_metrics = step_fn(data_iterator=train_iterator)
+        state.step += 1
+        state.consumed_samples += train_cfg.global_batch_size
+        step_metrics["tokens_per_s"] = tokens_per_step / (time.perf_counter() - started)
+        result.losses.append((state.step, step_metrics["loss"]))
+        if metrics.should_log(state.step):
+            metrics.log_step(state.step, step_metrics)
+        if train_cfg.eval_interval and state.step % train_cfg.eval_interval == 0:
+            metrics.log_step(state.step, {**step_metrics, **evaluate(config, setup, datasets.valid, context)})
+        steps_this_job = state.step - result.start_step
+        exit_now = bool(train_cfg.exit_interval) and steps_this_job % train_cfg.exit_interval == 0
+        stop = (_any_rank(sigterm.received, context.device) or exit_now) and state.step < train_cfg.max_steps
+        if _should_save(config.checkpoint, state.step, train_cfg.max_steps) or stop:
+            result.checkpoint = save_checkpoint(checkpoint_dir, state, setup.chunks, optimizer,
+                                                scheduler, keep_last=config.checkpoint.keep_last)
+        if stop:
+            if is_logging_rank:
+                reason = "SIGTERM" if sigterm.received else "train.exit_interval"
+                print(f"[nemotron-train] {reason}: saved {result.checkpoint}, exiting", flush=True)
+            result.interrupted = True
+            break
+    result.final_step = state.step
+    metrics.close()
+    return result
+
+
+def train_step(*, forward_backward, data_iterator, model_chunks, optimizer, scheduler,
+               num_microbatches, seq_length, micro_batch_size, device, moe_layers) -> dict:
+    """One optimizer step over `num_microbatches` micro-batches; return the step's metrics."""
+    for chunk in model_chunks:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    reports = forward_backward(
+        forward_step_func=partial(forward_step, device=device),
+        data_iterator=data_iterator,
+        model=model_chunks,
+        num_microbatches=num_microbatches,
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=False,
+    )
+    _, grad_norm, _ = optimizer.step()
+    scheduler.step(increment=1)
+    metrics = {"loss": _mean_loss(reports, device), "lr": scheduler.get_lr(optimizer.param_groups[0]),
+               "grad_norm": float(grad_norm) if grad_norm is not None else float("nan")}
+    metrics.update(_moe_metrics(moe_layers, num_microbatches))
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(config, setup, valid_dataset, context) -> dict:
+    """Mean validation loss over `train.eval_iters` micro-batches per data-parallel rank."""
+    iterator = build_data_iterator(valid_dataset, micro_batch_size=config.train.micro_batch_size,
+                                   consumed_samples=0, data_parallel_rank=context.data_parallel_rank,
+                                   data_parallel_size=context.data_parallel_size)
+    for chunk in setup.chunks:
+        chunk.eval()
+    reports = get_forward_backward_func()(
+        forward_step_func=partial(forward_step, device=context.device), data_iterator=iterator,
+        model=setup.chunks, num_microbatches=config.train.eval_iters,
+        seq_length=config.model.seq_length, micro_batch_size=config.train.micro_batch_size,
+        forward_only=True,
+    )
+    for chunk in setup.chunks:
+        chunk.train()
+    get_moe_metrics_tracker().clear()
+    return {"valid_loss": _mean_loss(reports, context.device)}
+
+
+def _mean_loss(reports: list, device) -> float:
+    """Token-weighted mean loss over micro-batches and data-parallel ranks.
+
+    Only the last pipeline stage has losses; the other ranks add zeros, and the
+    tensor-parallel copies scale sum and count alike, so the ratio is the mean.
+    """
+    totals = torch.zeros(2, dtype=torch.float64, device=device)
+    for report in reports:
+        totals += report["lm loss"].to(torch.float64)
+    dist.all_reduce(totals)
+    return (totals[0] / totals[1].clamp(min=1)).item()
+
+
+def _moe_layer_flags(model_config) -> list:
+    return [1 if symbol == "E" else 0 for symbol in model_config.parsed_pattern.main]
+
+
+def _moe_metrics(moe_layers: list, num_microbatches: int) -> dict:
+    """Megatron-Core's tracked MoE losses (the sequence balancing loss), averaged per layer."""
+    if not any(moe_layers):
+        return {}
+    totals = {}
+    get_moe_metrics_tracker().report(
+        loss_scale=1.0 / num_microbatches, iteration=0, num_layers=len(moe_layers),
+        moe_layer_freq=moe_layers, total_loss_dict=totals,
+    )
+    return {f"moe_{name}": float(value) for name, value in totals.items()}
+
+
+def _connect_megatron_hooks(setup, optimizer) -> None:
+    """Give Megatron-Core's schedules the DDP sync, grad finalisation and loss scaling."""
+    config = setup.transformer_config
+    chunks = setup.chunks
+    config.no_sync_func = chunks[0].no_sync if len(chunks) == 1 else [c.no_sync for c in chunks]
+    config.finalize_model_grads_func = finalize_model_grads
+    config.grad_scale_func = optimizer.scale_loss
+
+
+def _maybe_resume(checkpoint_cfg, checkpoint_dir, chunks, optimizer, scheduler) -> TrainState:
+    source = None
+    if checkpoint_cfg.resume and resolve_checkpoint(checkpoint_dir) is not None:
+        source = checkpoint_dir
+    elif checkpoint_cfg.load:
+        source = checkpoint_cfg.load
+    if source is None:
+        return TrainState()
+    state = load_checkpoint(source, chunks, optimizer, scheduler)
+    if dist.get_rank() == 0:
+        print(f"[nemotron-train] resumed from {resolve_checkpoint(source)} at step {state.step}",
+              flush=True)
+    return state
+
+
+def _should_save(checkpoint_cfg, step: int, max_steps: int) -> bool:
+    if checkpoint_cfg.save_interval and step % checkpoint_cfg.save_interval == 0:
+        return True
+    return checkpoint_cfg.save_final and step == max_steps
+
+
+def _any_rank(flag: bool, device) -> bool:
+    # int32 is supported by both gloo and NCCL reductions, unlike bool.
+    value = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _agree_on_run_dir(run_dir: Path) -> Path:
+    # Each torchrun process composes its own timestamped Hydra dir; rank 0's wins.
+    holder = [str(run_dir)]
+    dist.broadcast_object_list(holder, src=0)
+    return Path(holder[0])
+
+
+def _evaluations(train_cfg) -> int:
+    return max(1, train_cfg.max_steps // train_cfg.eval_interval) if train_cfg.eval_interval else 1

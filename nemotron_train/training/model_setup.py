@@ -1,0 +1,52 @@
+"""Build this rank's model chunk from the run config and wrap it in Megatron-Core's DDP."""
+
+from dataclasses import dataclass
+
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.transformer import TransformerConfig
+
+from nemotron_train.model.config import padded_vocab_size
+from nemotron_train.precision.presets import precision_settings
+from nemotron_train.runtime.distributed import megatron_parallel_fields
+
+
+@dataclass
+class ModelSetup:
+    """The DDP-wrapped model chunks of this rank and the config they were built from."""
+
+    chunks: list
+    transformer_config: TransformerConfig
+    vocab_size: int
+
+
+def build_transformer_config(config) -> TransformerConfig:
+    """Megatron-Core's TransformerConfig: model fields + parallel sizes + precision preset."""
+    settings = precision_settings(config.precision)
+    return config.model.transformer_config(
+        **megatron_parallel_fields(config.parallel),
+        pipeline_dtype=settings.transformer["params_dtype"],
+        **settings.transformer,
+    )
+
+
+def build_model(config, tokenizer_vocab_size: int, device) -> ModelSetup:
+    """Build the bare HybridModel for this pipeline stage, move it to `device`, wrap it in DDP."""
+    transformer_config = build_transformer_config(config)
+    vocab_size = config.model.vocab_size or padded_vocab_size(tokenizer_vocab_size, config.parallel.tensor)
+    model = config.model.build(
+        transformer_config,
+        vocab_size,
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+        pg_collection=ProcessGroupCollection.use_mpu_process_groups(),
+    )
+    model.to(device)
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=config.precision.grad_reduce_in_fp32,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=config.parallel.distributed_optimizer,
+    )
+    chunk = DistributedDataParallel(config=transformer_config, ddp_config=ddp_config, module=model)
+    return ModelSetup(chunks=[chunk], transformer_config=transformer_config, vocab_size=vocab_size)

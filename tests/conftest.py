@@ -1,0 +1,32 @@
+import pytest
+
+
+@pytest.fixture
+def single_process():
+    """A world-size-1 Megatron-Core runtime (gloo), torn down after the test."""
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+    from nemotron_train.runtime.distributed import (
+        ParallelConfig,
+        destroy_distributed,
+        initialize_distributed,
+    )
+    from nemotron_train.runtime.setup import prepare_runtime
+
+    prepare_runtime()
+    context = initialize_distributed(ParallelConfig())
+    model_parallel_cuda_manual_seed(1234)
+    yield context
+    destroy_distributed()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` run where CUDA is present and are deselected (not skipped) elsewhere."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_tests:
+        config.hook.pytest_deselected(items=gpu_tests)
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]

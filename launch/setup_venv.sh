@@ -36,7 +36,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 spec="$repo"
-[ -n "$extras" ] && spec="$repo[$extras]"
+[ -n "$extras" ] && spec="${repo}[$extras]"
 stamp="$venv/.nemotron-train-installed"
 want="$(sha256sum "$repo/pyproject.toml" | cut -d' ' -f1) extras=$extras"
 if [ ! -f "$stamp" ] || ! grep -qxF "$want" "$stamp"; then

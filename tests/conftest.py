@@ -1,6 +1,16 @@
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def fresh_megatron_globals():
+    """Tests that build models outside `train()` must not leak Megatron-Core's process-wide
+    trackers (sized by the first model) into the next test."""
+    yield
+    from nemotron_train.training.loop import reset_megatron_globals
+
+    reset_megatron_globals()
+
+
 @pytest.fixture
 def single_process():
     """A world-size-1 Megatron-Core runtime (gloo), torn down after the test."""

@@ -41,6 +41,7 @@ class RunConfig:
 
     def __post_init__(self):
         check_sequence_parallel_with_moe(self)
+        check_pipeline_stages_match_pattern(self)
 
 
 def check_sequence_parallel_with_moe(config: RunConfig) -> None:
@@ -48,6 +49,24 @@ def check_sequence_parallel_with_moe(config: RunConfig) -> None:
     if config.parallel.tensor > 1 and "E" in config.model.pattern and not config.parallel.sequence_parallel:
         raise ConfigError("parallel.sequence_parallel", False,
                           "MoE with parallel.tensor > 1 requires parallel.sequence_parallel=true")
+
+
+def check_pipeline_stages_match_pattern(config: RunConfig) -> None:
+    """A pattern's '|' stages are the pipeline stages: one per rank, no virtual stages.
+
+    Megatron-Core reads more '|' stages than ranks as interleaved (virtual) pipeline
+    chunks; our loop builds one model chunk per rank, so that schedule is not offered.
+    """
+    stages = len(config.model.parsed_pattern.stages)
+    if stages > 1 and stages != config.parallel.pipeline:
+        raise ConfigError(
+            "parallel.pipeline", config.parallel.pipeline,
+            f"model.pattern names {stages} pipeline stages with '|'; set parallel.pipeline="
+            f"{stages}, or remove the '|' marks for an even split (interleaved pipeline "
+            "schedules are not supported)")
+    if config.model.num_layers < config.parallel.pipeline:
+        raise ConfigError("parallel.pipeline", config.parallel.pipeline,
+                          f"more pipeline stages than model.num_layers={config.model.num_layers}")
 
 
 def register_schema() -> None:

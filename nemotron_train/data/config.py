@@ -106,20 +106,40 @@ def parse_split(split: str) -> list[float]:
 
 
 @dataclass(kw_only=True)
+class DataPhaseConfig:
+    """One phase of a data curriculum: a blend, read until a fraction of the run's tokens."""
+
+    blend: list[list[Any]] = field(default_factory=list)
+    """[[weight, path_prefix], ...], as DataConfig.blend."""
+
+    until_fraction: float = 1.0
+    """Fraction of the run's tokens (every step has the same, so of its steps) after which
+    this phase ends: it covers the steps up to ceil(until_fraction * train.max_steps). The
+    fractions increase from phase to phase and the last one is 1.0."""
+
+
+@dataclass(kw_only=True)
 class DataConfig:
     """The pretraining corpus, its tokenizer, its split and where prepared files are cached."""
 
     corpus: str = "stdlib"
     """"stdlib": the embedded corpus, the running interpreter's standard-library sources,
-    tokenized into `cache_dir` on first use; "prefixes": the indexed datasets in `blend`."""
+    tokenized into `cache_dir` on first use; "prefixes": the indexed datasets in `blend`, or
+    in the blends of `phases`."""
 
     blend: list[list[Any]] = field(default_factory=list)
-    """corpus="prefixes": [[weight, path_prefix], ...], the path prefixes of .bin/.idx pairs
-    (written by `python -m data_prep`) with relative sampling weights."""
+    """corpus="prefixes" without phases: [[weight, path_prefix], ...], the path prefixes of
+    .bin/.idx pairs (written by `python -m data_prep`) with relative sampling weights."""
+
+    phases: list[DataPhaseConfig] = field(default_factory=list)
+    """corpus="prefixes": a curriculum instead of one `blend`, the phases in training order.
+    Nemotron 3 trains on [{blend: <diverse>, until_fraction: 0.94}, {blend: <high quality>}].
+    The switches fall on step boundaries; see nemotron_train/data/curriculum.py."""
 
     split: str = "98,2,0"
     """Train/valid/test shares of each dataset's documents, Megatron style. The splits are
-    contiguous document ranges in file order, not a random partition."""
+    contiguous document ranges in file order, not a random partition. With phases, the
+    validation and test sets come from the first phase's blend."""
 
     cache_dir: str | None = None
     """Where the prepared stdlib corpus, the builtin tokenizer and Megatron-Core's sample
@@ -146,16 +166,24 @@ class DataConfig:
         if self.corpus == "stdlib":
             if self.blend:
                 raise _invalid(owner, "blend", self.blend, "[] for corpus='stdlib'")
+            if self.phases:
+                raise _invalid(owner, "phases", self.phases, "[] for corpus='stdlib'")
         else:
-            if not self.blend:
+            if self.blend and self.phases:
+                raise _invalid(
+                    owner, "blend", self.blend, "[] when data.phases is set (each has its own)"
+                )
+            if self.phases:
+                _check_phases(self.phases)
+            elif not self.blend:
                 raise _invalid(
                     owner,
                     "blend",
                     self.blend,
-                    "a non-empty [[weight, path_prefix], ...] for corpus='prefixes'",
+                    "a non-empty [[weight, path_prefix], ...] for corpus='prefixes' (or phases)",
                 )
-            for entry in self.blend:
-                _check_blend_entry(entry, self.blend)
+            else:
+                _check_blend("data.blend", self.blend)
             if self.stdlib_max_files is not None:
                 raise _invalid(
                     owner, "stdlib_max_files", self.stdlib_max_files, "None for corpus='prefixes'"
@@ -173,11 +201,45 @@ class DataConfig:
             raise _invalid(owner, "dataloader_workers", self.dataloader_workers, "an integer >= 0")
 
 
-def _check_blend_entry(entry: Any, blend: list[list[Any]]) -> None:
-    allowed = "entries [weight, path_prefix] with a positive number and a non-empty string"
-    if not isinstance(entry, (list, tuple)) or len(entry) != 2:
-        raise _invalid("DataConfig", "blend", blend, allowed)
-    weight, path_prefix = entry
-    weight_is_number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
-    if not weight_is_number or weight <= 0 or not isinstance(path_prefix, str) or not path_prefix:
-        raise _invalid("DataConfig", "blend", blend, allowed)
+def _check_blend(key: str, blend: list[list[Any]]) -> None:
+    allowed = (
+        "a non-empty [[weight, path_prefix], ...] with positive weights and non-empty prefixes"
+    )
+    if not isinstance(blend, (list, tuple)) or not blend:
+        raise ConfigError(key, blend, f"allowed: {allowed}")
+    for entry in blend:
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+            raise ConfigError(key, blend, f"allowed: {allowed}")
+        weight, path_prefix = entry
+        weight_is_positive = _is_number(weight) and weight > 0
+        if not weight_is_positive or not isinstance(path_prefix, str) or not path_prefix:
+            raise ConfigError(key, blend, f"allowed: {allowed}")
+
+
+def _check_phases(phases: list[DataPhaseConfig]) -> None:
+    # Keys in Hydra's override syntax (data.phases.0.until_fraction), so they can be pasted.
+    previous_fraction = 0.0
+    for index, phase in enumerate(phases):
+        if not isinstance(phase, DataPhaseConfig):
+            raise ConfigError(
+                "data.phases", phases, "allowed: a list of {blend, until_fraction} phases"
+            )
+        _check_blend(f"data.phases.{index}.blend", phase.blend)
+        key = f"data.phases.{index}.until_fraction"
+        fraction = phase.until_fraction
+        if not _is_number(fraction) or not previous_fraction < fraction <= 1:
+            after = f", above data.phases.{index - 1}.until_fraction" if index else ""
+            raise ConfigError(
+                key, fraction, f"allowed: a number in ({previous_fraction:g}, 1]{after}"
+            )
+        previous_fraction = fraction
+    if previous_fraction != 1:
+        raise ConfigError(
+            f"data.phases.{len(phases) - 1}.until_fraction",
+            previous_fraction,
+            "allowed: 1.0 for the last phase (the phases cover the whole run)",
+        )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

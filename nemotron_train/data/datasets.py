@@ -115,7 +115,7 @@ def build_datasets(
 
 
 def build_data_iterator(
-    dataset: PretrainingDataset,
+    dataset: torch.utils.data.Dataset,
     *,
     micro_batch_size: int,
     consumed_samples: int,
@@ -125,7 +125,7 @@ def build_data_iterator(
 ) -> Iterator[dict[str, torch.Tensor]]:
     """This rank's micro batches, resuming after `consumed_samples` (counted over all ranks).
 
-    Each batch maps tokens, labels, position_ids (int64) and loss_mask (float32) to
+    `dataset` is a PretrainingDataset or a stream of them (curriculum.py). Each batch maps tokens, labels, position_ids (int64) and loss_mask (float32) to
     [micro_batch_size, seq_length] tensors. Order: see sampler.py. The iterator stops when
     the dataset is exhausted.
     """

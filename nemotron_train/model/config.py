@@ -1,5 +1,6 @@
 """The hybrid model's configuration, which is also its factory (one place validates it)."""
 
+import copy
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -183,7 +184,12 @@ class HybridModelConfig:
 
         from nemotron_train.model.specs import select_hybrid_stack_spec
 
-        spec, _ = select_hybrid_stack_spec(self.spec)
+        spec, _ = select_hybrid_stack_spec(
+            self.spec, context_parallel=transformer_config.context_parallel_size > 1)
+        # MambaMixer takes its chunk size as a constructor argument, not from the config.
+        spec = copy.deepcopy(spec)
+        mixer = spec.submodules.mamba_layer.submodules.mixer
+        mixer.params = {**mixer.params, "chunk_size": self.mamba_chunk_size}
         return HybridModel(
             config=transformer_config,
             hybrid_stack_spec=spec,

@@ -10,16 +10,17 @@ model runs where TransformerEngine cannot be imported, CPU included.
 from functools import partial
 
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
-from megatron.core.models.gpt.moe_module_specs import get_moe_module_spec
+from megatron.core.models.backends import LocalSpecProvider
+from megatron.core.models.gpt.moe_module_specs import get_moe_module_spec_for_backend
 from megatron.core.models.hybrid.hybrid_block import HybridStack, HybridStackSubmodules
 from megatron.core.ssm.mamba_layer import MambaLayer, MambaLayerSubmodules
 from megatron.core.ssm.mamba_mixer import MambaMixer, MambaMixerSubmodules
 from megatron.core.ssm.mlp_layer import MLPLayer
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.moe.experts import SequentialMLP
 from megatron.core.transformer.multi_token_prediction import (
     MultiTokenPredictionBlock,
     MultiTokenPredictionBlockSubmodules,
@@ -34,13 +35,43 @@ from megatron.core.transformer.transformer_layer import (
 )
 
 from nemotron_train.config.errors import ConfigError
+from nemotron_train.model.context_parallel_attention import ContextParallelAttention
 from nemotron_train.model.norms import RMSNorm
+from nemotron_train.precision.parallel_linear import (
+    QuantizedColumnParallelLinear,
+    QuantizedRowParallelLinear,
+)
 from nemotron_train.runtime.backends import transformer_engine_available
 
 
-def local_hybrid_stack_spec() -> ModuleSpec:
-    """The hybrid stack from Megatron-Core's non-TE modules (norms are separate modules)."""
-    dense_linears = MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear)
+class _LocalQuantizableSpecProvider(LocalSpecProvider):
+    """Megatron-Core's local MoE modules with the quantizable parallel linears."""
+
+    def column_parallel_linear(self) -> type:
+        return QuantizedColumnParallelLinear
+
+    def row_parallel_linear(self) -> type:
+        return QuantizedRowParallelLinear
+
+    def grouped_mlp_modules(self, moe_use_grouped_gemm: bool):
+        return partial(SequentialMLP, submodules=MLPSubmodules(
+            linear_fc1=QuantizedColumnParallelLinear, linear_fc2=QuantizedRowParallelLinear,
+            activation_func=self.activation_func()))
+
+
+def local_hybrid_stack_spec(context_parallel: bool = False) -> ModuleSpec:
+    """The hybrid stack from Megatron-Core's non-TE modules (norms are separate modules).
+
+    With `context_parallel`, attention is our `ContextParallelAttention`, since
+    Megatron-Core's local `DotProductAttention` requires a context-parallel size of 1.
+
+    Its column- and row-parallel linears are Megatron-Core's, subclassed so that the
+    precision policy can switch each one to an emulated NVFP4 or MXFP8 GEMM
+    (`precision/parallel_linear.py`); left alone they run Megatron-Core's own code.
+    """
+    core_attention = ContextParallelAttention if context_parallel else DotProductAttention
+    dense_linears = MLPSubmodules(linear_fc1=QuantizedColumnParallelLinear,
+                                  linear_fc2=QuantizedRowParallelLinear)
     return ModuleSpec(
         module=HybridStack,
         submodules=HybridStackSubmodules(
@@ -51,7 +82,8 @@ def local_hybrid_stack_spec() -> ModuleSpec:
                     mixer=ModuleSpec(
                         module=MambaMixer,
                         submodules=MambaMixerSubmodules(
-                            in_proj=ColumnParallelLinear, out_proj=RowParallelLinear
+                            in_proj=QuantizedColumnParallelLinear,
+                            out_proj=QuantizedRowParallelLinear,
                         ),
                     ),
                     mamba_bda=get_bias_dropout_add,
@@ -65,9 +97,9 @@ def local_hybrid_stack_spec() -> ModuleSpec:
                         module=SelfAttention,
                         params={"attn_mask_type": AttnMaskType.causal},
                         submodules=SelfAttentionSubmodules(
-                            linear_qkv=ColumnParallelLinear,
-                            core_attention=DotProductAttention,
-                            linear_proj=RowParallelLinear,
+                            linear_qkv=QuantizedColumnParallelLinear,
+                            core_attention=core_attention,
+                            linear_proj=QuantizedRowParallelLinear,
                         ),
                     ),
                     self_attn_bda=get_bias_dropout_add,
@@ -86,7 +118,8 @@ def local_hybrid_stack_spec() -> ModuleSpec:
                 submodules=TransformerLayerSubmodules(
                     pre_mlp_layernorm=RMSNorm,
                     # num_experts only has to be non-None here; the count comes from the config.
-                    mlp=get_moe_module_spec(use_te=False, num_experts=1, moe_grouped_gemm=False),
+                    mlp=get_moe_module_spec_for_backend(
+                        _LocalQuantizableSpecProvider(), num_experts=1, moe_grouped_gemm=False),
                     mlp_bda=get_bias_dropout_add,
                 ),
             ),
@@ -99,7 +132,7 @@ def local_hybrid_stack_spec() -> ModuleSpec:
                             submodules=MultiTokenPredictionLayerSubmodules(
                                 enorm=RMSNorm,
                                 hnorm=RMSNorm,
-                                eh_proj=ColumnParallelLinear,
+                                eh_proj=QuantizedColumnParallelLinear,
                                 mtp_model_layer=None,
                                 layer_norm=RMSNorm,
                             ),
@@ -111,7 +144,7 @@ def local_hybrid_stack_spec() -> ModuleSpec:
     )
 
 
-def select_hybrid_stack_spec(backend: str = "auto") -> tuple[ModuleSpec, str]:
+def select_hybrid_stack_spec(backend: str = "auto", context_parallel: bool = False) -> tuple[ModuleSpec, str]:
     """Return `(spec, name)` for `backend` in {"auto", "te", "local"}.
 
     "auto" takes Megatron-Core's TE spec when TransformerEngine imports, else the local one.
@@ -127,4 +160,4 @@ def select_hybrid_stack_spec(backend: str = "auto") -> tuple[ModuleSpec, str]:
         from megatron.core.models.hybrid.hybrid_layer_specs import hybrid_stack_spec
 
         return hybrid_stack_spec, "te"
-    return local_hybrid_stack_spec(), "local"
+    return local_hybrid_stack_spec(context_parallel), "local"

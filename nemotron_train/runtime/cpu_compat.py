@@ -86,7 +86,10 @@ _DEFAULT_STREAM = _Stream()
 
 def _install_cuda_module_standins():
     cuda = torch.cuda
-    cuda.current_device = lambda: 0
+    # A device, not the index 0: autograd runs backward functions outside torch-function
+    # modes, so allocations there (`device=torch.cuda.current_device()`) must already
+    # name the CPU.
+    cuda.current_device = lambda: torch.device("cpu")
     cuda.device_count = lambda: 1
     cuda.set_device = lambda device: None
     cuda.synchronize = lambda device=None: None
@@ -136,3 +139,57 @@ def _install_megatron_patches():
 
     moe_utils.maybe_move_tensor_to_cpu = move_split_sizes_to_host
     token_dispatcher.maybe_move_tensor_to_cpu = move_split_sizes_to_host
+    _install_uneven_collectives()
+    # Activation recompute re-runs forward code inside autograd's backward, where
+    # torch-function modes are inactive: redirect CUDA allocations there too.
+    for function in (tp_random.CheckpointFunction, tp_random.CheckpointWithoutOutputFunction):
+        function.backward = _with_cpu_redirect(function.backward)
+
+
+def _with_cpu_redirect(backward):
+    def backward_on_cpu(ctx, *grads):
+        with CudaRedirectMode(torch.device("cpu")):
+            return backward(ctx, *grads)
+
+    return staticmethod(backward_on_cpu)
+
+
+def _install_uneven_collectives():
+    """Uneven all-gather / reduce-scatter over gloo, which accepts equal sizes only.
+
+    The MoE dispatchers gather and scatter per-rank token counts that differ across
+    the expert-tensor-parallel group; NCCL takes uneven lists, gloo does not. Pad each
+    rank's block to the largest, use the equal-size collective, then cut the padding.
+    """
+    import torch.distributed as dist
+    from megatron.core.tensor_parallel import mappings
+
+    gather_equal = mappings._gather_along_first_dim
+    reduce_scatter_equal = mappings._reduce_scatter_along_first_dim
+
+    def gather_along_first_dim(input_, group, output_split_sizes=None, use_global_buffer=False):
+        if output_split_sizes is None or len(set(output_split_sizes)) <= 1:
+            return gather_equal(input_, group, output_split_sizes, use_global_buffer)
+        width = max(output_split_sizes)
+        padded = input_.new_zeros((width, *input_.shape[1:]))
+        padded[: input_.size(0)] = input_
+        gathered = input_.new_empty((width * group.size(), *input_.shape[1:]))
+        dist.all_gather_into_tensor(gathered, padded.contiguous(), group=group)
+        return torch.cat([gathered[rank * width: rank * width + size]
+                          for rank, size in enumerate(output_split_sizes)])
+
+    def reduce_scatter_along_first_dim(input_, group, input_split_sizes=None, use_global_buffer=False):
+        if input_split_sizes is None or len(set(input_split_sizes)) <= 1:
+            return reduce_scatter_equal(input_, group, input_split_sizes, use_global_buffer)
+        width = max(input_split_sizes)
+        blocks = []
+        for block in torch.split(input_, input_split_sizes, dim=0):
+            padded = input_.new_zeros((width, *input_.shape[1:]))
+            padded[: block.size(0)] = block
+            blocks.append(padded)
+        output = input_.new_empty((width, *input_.shape[1:]))
+        dist.reduce_scatter_tensor(output, torch.cat(blocks), group=group)
+        return output[: input_split_sizes[group.rank()]]
+
+    mappings._gather_along_first_dim = gather_along_first_dim
+    mappings._reduce_scatter_along_first_dim = reduce_scatter_along_first_dim

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import torch
 import torch.distributed as dist
 
 from megatron.core import dist_checkpointing
@@ -35,6 +36,12 @@ class CheckpointConfig:
     """Start from this checkpoint directory (a run's checkpoint dir or one `iter_*` in it)."""
     resume: bool = True
     """Resume from `dir` when it already holds a checkpoint (takes precedence over `load`)."""
+    finetune: bool = False
+    """With `load`: take only the model weights (any layout) and start optimizer, schedule
+    and data at step 0, e.g. continued pretraining from a pretraining checkpoint."""
+    save_initial: bool = False
+    """Save the freshly initialised weights as iter_0000000 before the first step, so other
+    runs (parallel layouts, ablation arms) can start from the same weights."""
     keep_last: int = 2
     """Keep only the newest this many checkpoints in `dir` (0 keeps all)."""
 
@@ -67,13 +74,19 @@ def resolve_checkpoint(path) -> Optional[Path]:
     return None
 
 
-def _sharded_state(model_chunks, optimizer, *, is_loading: bool) -> dict:
+def _sharded_state(model_chunks, optimizer, *, is_loading: bool, weights_only: bool = False) -> dict:
     model_state = {}
     for index, chunk in enumerate(model_chunks):
         key = "model" if len(model_chunks) == 1 else f"model{index}"
         model_state[key] = chunk.module.sharded_state_dict()
+    if weights_only:
+        return model_state
     optimizer_state = optimizer.sharded_state_dict(
-        model_state if len(model_chunks) > 1 else model_state["model"], is_loading=is_loading
+        model_state if len(model_chunks) > 1 else model_state["model"], is_loading=is_loading,
+        # The distributed optimizer's default format (flattened ranges) is rejected by
+        # dist_checkpointing in this release, and loading 'fully_reshardable' fails for
+        # torch's Adam (its per-state `step`); this format reshards across DP only.
+        metadata={"distrib_optim_sharding_type": "dp_reshardable"},
     )
     return {**model_state, "optimizer": optimizer_state}
 
@@ -112,17 +125,39 @@ def _prune(checkpoint_dir: Path, keep_last: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(path, model_chunks, optimizer, scheduler) -> TrainState:
-    """Load weights, optimizer, scheduler and train state from `path` (resolved as above)."""
+def _initialise_empty_optimizer_states(optimizer) -> None:
+    """Create the Adam states a run that has not stepped yet lacks.
+
+    DistributedOptimizer reads its state_dict (one common `step` over torch Adam's states,
+    without Apex or TE) before it initialises empty states for loading.
+    """
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if getattr(inner, "init_state_fn", None) is None:
+            continue
+        inner.init_state_fn(inner.optimizer, inner.config)
+        for state in inner.optimizer.state.values():
+            state.setdefault("step", torch.tensor(0.0))
+
+
+def load_checkpoint(path, model_chunks, optimizer, scheduler, *, weights_only: bool = False) -> TrainState:
+    """Load weights, optimizer, scheduler and train state from `path` (resolved as above).
+
+    dist_checkpointing reshards on load, so the saving and loading layouts (TP, PP, EP, DP)
+    may differ. `weights_only` loads the model alone and returns a fresh TrainState.
+    """
     checkpoint = resolve_checkpoint(path)
     if checkpoint is None:
         raise ConfigError("checkpoint.load", str(path),
                           "no checkpoint there: name a checkpoint dir with a `latest` file or an iter_* dir")
-    sharded = _sharded_state(model_chunks, optimizer, is_loading=True)
+    if not weights_only:
+        _initialise_empty_optimizer_states(optimizer)
+    sharded = _sharded_state(model_chunks, optimizer, is_loading=True, weights_only=weights_only)
     loaded = dist_checkpointing.load(sharded, str(checkpoint))
     for index, chunk in enumerate(model_chunks):
         key = "model" if len(model_chunks) == 1 else f"model{index}"
         chunk.module.load_state_dict(loaded[key])
+    if weights_only:
+        return TrainState()
     optimizer.load_state_dict(loaded["optimizer"])
     scheduler.load_state_dict(loaded["scheduler"])
     return TrainState(**loaded["train_state"])

@@ -4,14 +4,19 @@ from functools import partial
 
 import torch
 
+from megatron.core import parallel_state
+from megatron.core.utils import get_batch_on_this_cp_rank
+
 
 def forward_step(data_iterator, model, *, device: torch.device):
     """Megatron-Core's forward-step contract: return the model output and its loss function."""
-    batch = next(data_iterator)
-    tokens = batch["tokens"].to(device, non_blocking=True)
-    labels = batch["labels"].to(device, non_blocking=True)
-    loss_mask = batch["loss_mask"].to(device, non_blocking=True)
-    position_ids = batch["position_ids"].to(device, non_blocking=True)
+    batch = {key: value.to(device, non_blocking=True) for key, value in next(data_iterator).items()}
+    if parallel_state.get_context_parallel_world_size() > 1:
+        # Each context-parallel rank keeps chunks i and 2*CP-1-i of every sequence.
+        batch = get_batch_on_this_cp_rank(batch, is_hybrid_cp=False,
+                                          cp_group=parallel_state.get_context_parallel_group())
+    tokens, labels = batch["tokens"], batch["labels"]
+    loss_mask, position_ids = batch["loss_mask"], batch["position_ids"]
     # attention_mask=None: the attention layers are causal by type, and no
     # boolean mask has to be materialised at sequence length squared.
     output = model(tokens, position_ids, None, labels=labels, loss_mask=loss_mask)

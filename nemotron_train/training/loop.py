@@ -20,7 +20,8 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 from megatron.core.transformer.moe.moe_logging import get_moe_metrics_tracker
 
-from nemotron_train.data.datasets import build_data_iterator, build_datasets
+from nemotron_train.data.curriculum import build_train_data
+from nemotron_train.data.datasets import build_data_iterator
 from nemotron_train.data.tokenizer import build_tokenizer
 from nemotron_train.runtime.distributed import destroy_distributed, initialize_distributed
 from nemotron_train.runtime.setup import prepare_runtime
@@ -69,19 +70,23 @@ def train(config, run_dir: Path, on_run_dir=None) -> TrainResult:
 
     `on_run_dir(run_dir)` runs on rank 0 once the run directory is agreed (to record the config).
     """
+    sigterm = _SigtermFlag()
+    if config.train.exit_on_sigterm:
+        sigterm.install()  # before setup, which takes minutes at scale
     runtime = prepare_runtime()
+    reset_megatron_globals()
     context = initialize_distributed(config.parallel)
     try:
         run_dir = _agree_on_run_dir(Path(run_dir))
         if context.rank == 0 and on_run_dir is not None:
             on_run_dir(run_dir)
-        return _train(config, run_dir, runtime, context)
+        return _train(config, run_dir, runtime, context, sigterm)
     finally:
-        destroy_num_microbatches_calculator()
+        reset_megatron_globals()
         destroy_distributed()
 
 
-def _train(config, run_dir, runtime, context) -> TrainResult:
+def _train(config, run_dir, runtime, context, sigterm) -> TrainResult:
     is_logging_rank = context.rank == 0
     if is_logging_rank:
         print(f"[nemotron-train] {runtime.describe()} world_size={context.world_size} "
@@ -108,23 +113,18 @@ def _train(config, run_dir, runtime, context) -> TrainResult:
 
     checkpoint_dir = Path(config.checkpoint.dir or run_dir / "checkpoints")
     state = _maybe_resume(config.checkpoint, checkpoint_dir, setup.chunks, optimizer, scheduler)
-    datasets = build_datasets(
+    data = build_train_data(
         config.data, tokenizer, seq_length=config.model.seq_length, seed=config.seed,
-        train_samples=train_cfg.max_steps * train_cfg.global_batch_size,
+        max_steps=train_cfg.max_steps, global_batch_size=train_cfg.global_batch_size,
+        micro_batch_size=train_cfg.micro_batch_size,
         valid_samples=max(1, train_cfg.eval_iters * train_cfg.micro_batch_size
                           * context.data_parallel_size * _evaluations(train_cfg)),
-    )
-    train_iterator = build_data_iterator(
-        datasets.train, micro_batch_size=train_cfg.micro_batch_size,
         consumed_samples=state.consumed_samples,
         data_parallel_rank=context.data_parallel_rank,
         data_parallel_size=context.data_parallel_size,
     )
     metrics = MetricsLogger(run_dir, config.logging, max_steps=train_cfg.max_steps,
                             enabled=is_logging_rank, start_step=state.step)
-    sigterm = _SigtermFlag()
-    if train_cfg.exit_on_sigterm:
-        sigterm.install()
     step_fn = partial(
         train_step, forward_backward=get_forward_backward_func(), model_chunks=setup.chunks,
         optimizer=optimizer, scheduler=scheduler, num_microbatches=num_microbatches,
@@ -133,17 +133,21 @@ def _train(config, run_dir, runtime, context) -> TrainResult:
     )
 
     result = TrainResult(start_step=state.step, final_step=state.step)
+    if config.checkpoint.save_initial and state.step == 0:
+        save_checkpoint(checkpoint_dir, state, setup.chunks, optimizer, scheduler)
     while state.step < train_cfg.max_steps:
         started = time.perf_counter()
-        step_metrics = step_fn(data_iterator=train_iterator)
+        step_metrics = step_fn(data_iterator=data.iterator)
         state.step += 1
         state.consumed_samples += train_cfg.global_batch_size
         step_metrics["tokens_per_s"] = tokens_per_step / (time.perf_counter() - started)
         result.losses.append((state.step, step_metrics["loss"]))
+        if len(data.phases) > 1:
+            step_metrics["data_phase"] = data.phase_for_step(state.step)
         if metrics.should_log(state.step):
             metrics.log_step(state.step, step_metrics)
         if train_cfg.eval_interval and state.step % train_cfg.eval_interval == 0:
-            metrics.log_step(state.step, {**step_metrics, **evaluate(config, setup, datasets.valid, context)})
+            metrics.log_step(state.step, {**step_metrics, **evaluate(config, setup, data.valid_dataset, context)})
         steps_this_job = state.step - result.start_step
         exit_now = bool(train_cfg.exit_interval) and steps_this_job % train_cfg.exit_interval == 0
         stop = (_any_rank(sigterm.received, context.device) or exit_now) and state.step < train_cfg.max_steps
@@ -250,9 +254,11 @@ def _maybe_resume(checkpoint_cfg, checkpoint_dir, chunks, optimizer, scheduler) 
         source = checkpoint_cfg.load
     if source is None:
         return TrainState()
-    state = load_checkpoint(source, chunks, optimizer, scheduler)
+    weights_only = source == checkpoint_cfg.load and checkpoint_cfg.finetune
+    state = load_checkpoint(source, chunks, optimizer, scheduler, weights_only=weights_only)
     if dist.get_rank() == 0:
-        print(f"[nemotron-train] resumed from {resolve_checkpoint(source)} at step {state.step}",
+        what = "loaded weights from" if weights_only else "resumed from"
+        print(f"[nemotron-train] {what} {resolve_checkpoint(source)} at step {state.step}",
               flush=True)
     return state
 
@@ -268,6 +274,21 @@ def _any_rank(flag: bool, device) -> bool:
     value = torch.tensor([int(flag)], dtype=torch.int32, device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def reset_megatron_globals() -> None:
+    """Process-wide state Megatron-Core keeps between runs (a second run in one process
+    would inherit it): the microbatch calculator, the MoE/MTP metric trackers sized by the
+    first model, and the aux-loss scales aliased to the first run's loss-scale tensor."""
+    from megatron.core.transformer.moe.moe_logging import destroy_moe_metrics_tracker
+    from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
+    from megatron.core.transformer.multi_token_prediction import MTPLossAutoScaler, MTPLossLoggingHelper
+
+    destroy_num_microbatches_calculator()
+    destroy_moe_metrics_tracker()
+    MTPLossLoggingHelper.tracker.clear()
+    MoEAuxLossAutoScaler.main_loss_backward_scale = None
+    MTPLossAutoScaler.main_loss_backward_scale = None
 
 
 def _agree_on_run_dir(run_dir: Path) -> Path:

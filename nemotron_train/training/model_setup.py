@@ -2,13 +2,15 @@
 
 from dataclasses import dataclass
 
+import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.module import Float16Module
 
 from nemotron_train.model.config import padded_vocab_size
-from nemotron_train.precision.presets import precision_settings
+from nemotron_train.precision.execution import apply_precision_plan, plan_precision
 from nemotron_train.runtime.distributed import megatron_parallel_fields
 
 
@@ -22,12 +24,12 @@ class ModelSetup:
 
 
 def build_transformer_config(config) -> TransformerConfig:
-    """Megatron-Core's TransformerConfig: model fields + parallel sizes + precision preset."""
-    settings = precision_settings(config.precision)
+    """Megatron-Core's TransformerConfig: model fields + parallel sizes + precision plan."""
+    fields = plan_precision(config.precision, config.model.num_layers).transformer_fields
     return config.model.transformer_config(
         **megatron_parallel_fields(config.parallel),
-        pipeline_dtype=settings.transformer["params_dtype"],
-        **settings.transformer,
+        pipeline_dtype=fields["params_dtype"],
+        **fields,
     )
 
 
@@ -43,6 +45,14 @@ def build_model(config, tokenizer_vocab_size: int, device) -> ModelSetup:
         pg_collection=ProcessGroupCollection.use_mpu_process_groups(),
     )
     model.to(device)
+    if transformer_config.bf16 or transformer_config.fp16:
+        # As Megatron-LM does: one dtype for every parameter (MambaMixer keeps A_log and D
+        # in fp32 otherwise), fp32 logits out; the optimizer keeps fp32 main params.
+        model = Float16Module(transformer_config, model)
+    plan = plan_precision(config.precision, config.model.num_layers)
+    apply_precision_plan(model, plan)
+    if dist.get_rank() == 0:
+        print(f"[nemotron-train] precision path: {plan.description}", flush=True)
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=config.precision.grad_reduce_in_fp32,
         overlap_grad_reduce=False,

@@ -30,9 +30,12 @@ def run_train(*overrides, tmp_path):
         (["parallel.tensor=2", "parallel.sequence_parallel=true"],
          ["world_size=1", "needs a multiple of 2 processes", "torchrun --nproc-per-node 2", "dry_run=true"]),
         (["parallel.tensor=2"], ["parallel.sequence_parallel=False", "requires parallel.sequence_parallel=true"]),
+        (["model.pattern='ME|M*|ME'", "parallel.pipeline=2"],
+         ["parallel.pipeline=2", "names 3 pipeline stages", "interleaved pipeline schedules are not supported"]),
     ],
     ids=["unknown-recipe", "unknown-key", "bad-type", "bad-pattern-char", "pattern-length",
-         "heads-not-dividing", "bad-choice", "too-few-devices", "moe-tp-needs-sp"],
+         "heads-not-dividing", "bad-choice", "too-few-devices", "moe-tp-needs-sp",
+         "pipeline-stages"],
 )
 def test_bad_input_fails_early_with_a_clear_message(overrides, expected, tmp_path):
     result = run_train(*overrides, tmp_path=tmp_path)

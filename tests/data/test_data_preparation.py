@@ -1,12 +1,16 @@
+import itertools
+import json
 import multiprocessing
 import os
 import shutil
+import signal
 
 import numpy
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from nemotron_train.data import datasets as data_datasets
+from nemotron_train.data import indexed_files
 from nemotron_train.data.datasets import ensure_stdlib_dataset
 from nemotron_train.data.indexed_files import check_indexed_dataset
 from nemotron_train.data.preparation import prepare_indexed_dataset
@@ -64,6 +68,71 @@ def test_a_failed_preparation_leaves_no_output_and_keeps_the_previous_dataset(
         "corpus_text_document.bin",
         "corpus_text_document.idx",
     ]
+
+
+def _prepare_until_killed(jsonl_path, tokenizer, output_prefix, documents_before_kill):
+    encode = tokenizer.encode
+    encoded = itertools.count()
+
+    def encode_until_killed(text):
+        if next(encoded) == documents_before_kill:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return encode(text)
+
+    tokenizer.encode = encode_until_killed
+    prepare_indexed_dataset(
+        [InputSource("jsonl", jsonl_path)], tokenizer=tokenizer, output_prefix=output_prefix
+    )
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_killed_preparation_leaves_no_dataset_that_looks_complete(
+    tmp_path, builtin_tokenizer, write_indexed_dataset, random_documents
+):
+    path_prefix = write_indexed_dataset(["an earlier, complete dataset"])
+    before = check_indexed_dataset(path_prefix)
+    fresh_prefix = str(tmp_path / "fresh" / "corpus")
+    jsonl_path = tmp_path / "large.jsonl"
+    documents = random_documents(seed=2, count=400)
+    jsonl_path.write_text("".join(json.dumps({"text": text}) + "\n" for text in documents))
+    context = multiprocessing.get_context("fork")
+    for output_prefix in (path_prefix, fresh_prefix):
+        # SIGKILL mid-write: no exception handler, no finally block runs.
+        child = context.Process(
+            target=_prepare_until_killed,
+            args=(str(jsonl_path), builtin_tokenizer, output_prefix, 300),
+        )
+        child.start()
+        child.join(timeout=60)
+        assert child.exitcode == -signal.SIGKILL
+        written = [name for name in os.listdir(os.path.dirname(output_prefix)) if ".tmp-" in name]
+        assert any(name.endswith(".bin") for name in written)  # it died while writing
+    # Being replaced, the earlier dataset is untouched; started afresh, none appears.
+    assert check_indexed_dataset(path_prefix) == before
+    assert not os.path.exists(fresh_prefix + ".idx") and not os.path.exists(fresh_prefix + ".bin")
+    with pytest.raises(FileNotFoundError, match=f"{fresh_prefix}.idx does not exist"):
+        check_indexed_dataset(fresh_prefix)
+
+
+def test_a_crash_between_the_renames_of_a_publication_leaves_no_idx(
+    write_indexed_dataset, monkeypatch
+):
+    path_prefix = write_indexed_dataset(["the dataset being replaced"], name="old")
+    replacement = write_indexed_dataset(["a longer replacement dataset, written"], name="new")
+    renames = []
+
+    def replace_then_crash(source, destination):
+        if renames:
+            raise OSError("killed between the two renames")
+        renames.append(destination)
+        os.rename(source, destination)
+
+    monkeypatch.setattr(indexed_files.os, "replace", replace_then_crash)
+    with pytest.raises(OSError, match="killed"):
+        indexed_files.publish_indexed_dataset(replacement, path_prefix)
+    assert renames == [path_prefix + ".bin"]
+    with pytest.raises(FileNotFoundError, match=f"{path_prefix}.idx does not exist"):
+        check_indexed_dataset(path_prefix)
 
 
 def test_missing_idx_is_reported_by_name(write_indexed_dataset):

@@ -1,3 +1,4 @@
+import base64
 import json
 import logging
 import os
@@ -5,7 +6,7 @@ import os
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from data_prep.__main__ import main
+from data_prep.__main__ import build_parser, main
 from nemotron_train.data import preparation
 from nemotron_train.data.config import TokenizerConfig
 from nemotron_train.data.sources import expand_inputs
@@ -200,3 +201,34 @@ def test_unusable_input_fails_with_a_message(tmp_path, capsys, tokenizer_json, c
     assert exit_code == 1
     assert message in stderr
     assert not os.path.exists(tmp_path / "out.idx")
+
+
+def test_help_documents_every_option():
+    parser = build_parser()
+    help_text = parser.format_help()
+    options = [action for action in parser._actions if action.option_strings != ["-h", "--help"]]
+    assert len(options) == 12
+    for action in options:
+        assert action.help, f"{action.option_strings} has no help text"
+        assert all(option in help_text for option in action.option_strings)
+        if action.default not in (None, False):
+            assert f"(default: {action.default}" in " ".join(help_text.split())
+    assert "example:" in help_text
+
+
+def test_tiktoken_options_reach_the_tokenizer(tmp_path, capsys):
+    pytest.importorskip("tiktoken")
+    ranks = [bytes([byte]) for byte in range(256)]
+    vocabulary = [
+        {"rank": rank, "token_bytes": base64.b64encode(token).decode(), "token_str": ""}
+        for rank, token in enumerate(ranks)
+    ]
+    (tmp_path / "vocabulary.json").write_text(json.dumps(vocabulary))
+    inputs = _write_jsonl(tmp_path / "in.jsonl", ['{"text": "abc"}'])
+    arguments = ["--input", str(inputs), "--output-prefix", str(tmp_path / "out")]
+    vocabulary_path = str(tmp_path / "vocabulary.json")
+    arguments += ["--tokenizer-type", "tiktoken", "--tokenizer-path", vocabulary_path]
+    arguments += ["--eod-token", "</s>", "--tiktoken-num-special-tokens", "10", "--workers", "1"]
+    assert main(arguments + ["--tiktoken-pattern", "v1"]) == 0, capsys.readouterr().err
+    # Byte b has rank b, shifted past the 10 reserved ids; </s> is Megatron-Core's special 2.
+    assert _read_back(tmp_path / "out") == [[10 + ord("a"), 10 + ord("b"), 10 + ord("c"), 2]]

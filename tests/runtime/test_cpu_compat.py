@@ -60,3 +60,38 @@ def test_streams_and_events_are_usable():
     end.record()
     torch.cuda.synchronize()
     assert end.elapsed_time(start) <= 0.0 <= start.elapsed_time(end)
+
+
+def _uneven_collectives(rank, port, results):
+    import os
+
+    import torch.distributed as dist
+    from megatron.core.tensor_parallel import mappings
+
+    cpu_compat.activate()
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    group = dist.new_group([0, 1])
+    sizes = [3, 1]
+    mine = torch.full((sizes[rank], 2), float(rank + 1))
+    gathered = mappings._gather_along_first_dim(mine, group, output_split_sizes=sizes)
+    full = torch.arange(8, dtype=torch.float32).reshape(4, 2) * (rank + 1)
+    scattered = mappings._reduce_scatter_along_first_dim(full, group, input_split_sizes=sizes)
+    results[rank] = (gathered.tolist(), scattered.tolist())
+    dist.destroy_process_group()
+
+
+def test_uneven_gather_and_reduce_scatter_over_gloo():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.start_processes(_uneven_collectives, args=(port, results), nprocs=2, start_method="spawn")
+    expected_gather = [[1.0, 1.0]] * 3 + [[2.0, 2.0]]
+    total = (torch.arange(8, dtype=torch.float32).reshape(4, 2) * 3).tolist()  # ranks add x*1 + x*2
+    assert results[0] == (expected_gather, total[:3])
+    assert results[1] == (expected_gather, total[3:])

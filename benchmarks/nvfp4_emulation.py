@@ -1,0 +1,104 @@
+"""Emulation overhead: the quantized linears' forward + backward against a plain linear.
+
+For each shape (tokens, in, out) the plain linear (torch's matmul, in BF16 and in float32)
+and the emulated NVFP4 and MXFP8 linears (nemotron_train.precision.quantized_linear, full
+recipe) run forward + backward on the same BF16 operands, interleaved round by round so
+that the machine's load hits them alike; the table reports median times and the ratio of
+each quantized linear to the plain ones.
+
+    .venv/bin/python benchmarks/nvfp4_emulation.py [--device cuda] [--rounds 7]
+
+Writes benchmarks/results/nvfp4_emulation_<device>.json and prints a Markdown table.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nemotron_train.precision.quantized_linear import mxfp8_linear, nvfp4_linear
+
+SHAPES = ((1024, 256, 256), (1024, 256, 640), (2048, 1024, 1024))
+RESULTS = Path(__file__).parent / "results"
+
+
+def linears(device):
+    def plain(dtype):
+        return lambda x, w: F.linear(x.to(dtype), w.to(dtype))
+
+    return {"bf16": plain(torch.bfloat16), "fp32": plain(torch.float32),
+            "nvfp4": nvfp4_linear, "mxfp8": mxfp8_linear}
+
+
+def time_fwd_bwd(fn, x, w, grad, device) -> float:
+    x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn(x, w).backward(grad)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def measure(shape, device, rounds):
+    tokens, d_in, d_out = shape
+    generator = torch.Generator(device).manual_seed(0)
+    x = torch.randn(tokens, d_in, device=device, generator=generator).to(torch.bfloat16)
+    w = (torch.randn(d_out, d_in, device=device, generator=generator) * 0.02).to(torch.bfloat16)
+    grad = torch.randn(tokens, d_out, device=device, generator=generator).to(torch.bfloat16)
+    fns = linears(device)
+    times = {name: [] for name in fns}
+    for name, fn in fns.items():  # warm-up
+        time_fwd_bwd(fn, x, w, grad.to(torch.float32 if name == "fp32" else torch.bfloat16), device)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            g = grad.to(torch.float32) if name == "fp32" else grad
+            times[name].append(time_fwd_bwd(fn, x, w, g, device))
+    median = {name: statistics.median(values) for name, values in times.items()}
+    return dict(
+        tokens=tokens, d_in=d_in, d_out=d_out, seconds=median,
+        nvfp4_over_bf16=median["nvfp4"] / median["bf16"], nvfp4_over_fp32=median["nvfp4"] / median["fp32"],
+        mxfp8_over_bf16=median["mxfp8"] / median["bf16"], mxfp8_over_fp32=median["mxfp8"] / median["fp32"],
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    load_before = os.getloadavg()
+    rows = [measure(shape, device, args.rounds) for shape in SHAPES]
+    report = dict(
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        cpu_count=os.cpu_count(), torch=torch.__version__, torch_threads=torch.get_num_threads(),
+        load_average_before=load_before, load_average_after=os.getloadavg(), rounds=args.rounds,
+        rows=rows,
+    )
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"nvfp4_emulation_{device.type}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"device {report['device']} ({device.type}), load average before/after "
+          f"{load_before[0]:.1f}/{report['load_average_after'][0]:.1f}, median of {args.rounds} rounds")
+    print("| tokens x in x out | plain bf16 ms | plain fp32 ms | NVFP4 ms | MXFP8 ms "
+          "| NVFP4 / bf16 | NVFP4 / fp32 | MXFP8 / bf16 | MXFP8 / fp32 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        s = row["seconds"]
+        print(f"| {row['tokens']} x {row['d_in']} x {row['d_out']} | {s['bf16'] * 1e3:.1f} "
+              f"| {s['fp32'] * 1e3:.1f} | {s['nvfp4'] * 1e3:.1f} | {s['mxfp8'] * 1e3:.1f} "
+              f"| {row['nvfp4_over_bf16']:.1f} | {row['nvfp4_over_fp32']:.1f} "
+              f"| {row['mxfp8_over_bf16']:.1f} | {row['mxfp8_over_fp32']:.1f} |")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""`python -m nemotron_train.launch`: see `nemotron_train.launch.cli`."""
+
+from nemotron_train.launch.cli import main
+
+main()

@@ -18,7 +18,9 @@
    batches after a few warm-up ones.
 
 Prints a table and writes the numbers, with the machine's state (CPUs, load average before
-and after each measurement), to --output.
+and after each measurement), to --output. Run it on an idle machine: with the kernel's
+sched_autogroup, CPU time is shared between sessions first, so one busy neighbour leaves
+this benchmark about one core whatever --workers says (the cores column shows it).
 """
 
 import argparse

@@ -11,6 +11,7 @@ from hydra.core.config_store import ConfigStore
 
 from nemotron_train.config.errors import ConfigError
 from nemotron_train.data.config import DataConfig
+from nemotron_train.data.curriculum import plan_data_phases
 from nemotron_train.model.config import HybridModelConfig
 from nemotron_train.precision.presets import PrecisionConfig
 from nemotron_train.runtime.distributed import ParallelConfig
@@ -42,6 +43,8 @@ class RunConfig:
     def __post_init__(self):
         check_sequence_parallel_with_moe(self)
         check_pipeline_stages_match_pattern(self)
+        # A curriculum phase that would get no steps fails here, before any allocation.
+        plan_data_phases(self.data, self.train.max_steps)
 
 
 def check_sequence_parallel_with_moe(config: RunConfig) -> None:

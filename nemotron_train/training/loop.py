@@ -288,7 +288,7 @@ def reset_megatron_globals() -> None:
     destroy_moe_metrics_tracker()
     MTPLossLoggingHelper.tracker.clear()
     MoEAuxLossAutoScaler.main_loss_backward_scale = None
-    MTPLossAutoScaler.main_loss_backward_scale = None
+    MTPLossAutoScaler.main_loss_backward_scale = torch.tensor(1.0)  # its class default
 
 
 def _agree_on_run_dir(run_dir: Path) -> Path:

@@ -158,6 +158,9 @@ def load_checkpoint(path, model_chunks, optimizer, scheduler, *, weights_only: b
         chunk.module.load_state_dict(loaded[key])
     if weights_only:
         return TrainState()
-    optimizer.load_state_dict(loaded["optimizer"])
+    with torch.no_grad():
+        # With fp32 params the distributed optimizer's main params are views of the model's
+        # leaf parameters, and its loader copies into them in place.
+        optimizer.load_state_dict(loaded["optimizer"])
     scheduler.load_state_dict(loaded["scheduler"])
     return TrainState(**loaded["train_state"])

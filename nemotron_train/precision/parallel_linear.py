@@ -23,7 +23,6 @@ such shapes, and Megatron-Core pads expert token counts with
 ``moe_router_padding_for_quantization``).
 """
 
-import torch
 import torch.nn.functional as F
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.tensor_parallel.mappings import (

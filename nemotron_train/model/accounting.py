@@ -105,8 +105,14 @@ class ModuleCounts:
     mtp_stored_depths: int
     """MTP depth modules with their own weights: 1 when the depths share one block."""
     mamba: Optional[MambaShape]
-    linear_modules: tuple
-    """Name patterns of the modules holding a weight matrix (experts and layers as '*')."""
+    linear_weights: dict
+    """Name pattern of each module holding a weight matrix (experts and layers as '*') ->
+    elements in the weight matrices of one such module."""
+
+    @property
+    def linear_modules(self) -> tuple:
+        """Name patterns of the modules holding a weight matrix."""
+        return tuple(self.linear_weights)
 
 
 def count_parameters(model: HybridModelConfig, vocab_size: int) -> ModuleCounts:
@@ -184,15 +190,16 @@ def _counts_from_probe(probe, one_of_each: str, mtp_block: str) -> ModuleCounts:
         mixer = mixers[0]
         mamba = MambaShape(heads=mixer.nheads, head_dim=mixer.headdim, state_dim=mixer.d_state,
                            groups=mixer.ngroups, conv_kernel=mixer.d_conv, chunk_size=mixer.chunk_size)
-    linear_modules = tuple(dict.fromkeys(
-        re.sub(r"(layers|local_experts)\.\d+", r"\1.*", name)
-        for name, module in probe.named_modules()
-        if any(p.dim() == 2 for p in module.parameters(recurse=False))
-    ))
+    linear_weights = {}
+    for name, module in probe.named_modules():
+        matrices = [p.numel() for p in module.parameters(recurse=False) if p.dim() == 2]
+        if matrices:
+            pattern = re.sub(r"(layers|local_experts)\.\d+", r"\1.*", name)
+            linear_weights.setdefault(pattern, sum(matrices))
     return ModuleCounts(layers=layers, embedding=split(probe.embedding),
                         final_norm=split(probe.decoder.final_norm),
                         output_layer=split(probe.output_layer), mtp_depth=mtp_depth, mtp_layers=mtp_layers,
-                        mtp_stored_depths=stored_depths, mamba=mamba, linear_modules=linear_modules)
+                        mtp_stored_depths=stored_depths, mamba=mamba, linear_weights=linear_weights)
 
 
 # ---------------------------------------------------------------------------- parameters
@@ -340,6 +347,31 @@ def flops_per_token(model: HybridModelConfig, counts: ModuleCounts, vocab_size: 
     return FlopsPerToken(by_layer_type=by_type, attention_core=attention_core,
                          attention_core_per_context_token=slope, mamba_scan=mamba_scan,
                          output_layer=TRAINING_FLOPS_FACTOR * output_forward, mtp=mtp, seq_length=seq)
+
+
+def linear_flops_by_module(model: HybridModelConfig, counts: ModuleCounts) -> dict:
+    """Training FLOPs per token of each weight-matrix module pattern, as the precision
+    policy sees it: 6 x weight elements, times top-k for a routed expert, and for an MTP
+    module times the depths it is applied at; the output layer counts once per
+    prediction (main + each MTP depth). The input embedding is a lookup, not a GEMM.
+
+    A ``decoder.layers.*`` pattern's value is one layer's worth
+    (``precision.policy.linear_flops_fractions`` multiplies it out by the pattern).
+    """
+    depths = model.parsed_pattern.mtp_depths
+    flops = {}
+    for pattern, elements in counts.linear_weights.items():
+        if pattern.startswith("embedding."):
+            continue
+        applied = TRAINING_FLOPS_FACTOR * 2 * elements
+        if "local_experts.*" in pattern:
+            applied *= model.moe_router_topk
+        if pattern.startswith("mtp."):
+            applied *= depths
+        if pattern == "output_layer":
+            applied *= 1 + depths
+        flops[pattern] = applied
+    return flops
 
 
 # ---------------------------------------------------------------------------- MoE traffic

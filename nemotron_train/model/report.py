@@ -13,20 +13,24 @@ from nemotron_train.model import accounting
 from nemotron_train.model.config import padded_vocab_size
 from nemotron_train.model.layout import check_layout, dry_run_world_size, require_valid_layout
 from nemotron_train.precision.execution import precision_policy
-from nemotron_train.precision.policy import pattern_formats
+from nemotron_train.precision.policy import linear_flops_fractions, pattern_formats
 from nemotron_train.precision.presets import precision_settings
 
 REPORT_FILE = "model_report.json"
 
 
-def precision_map(config, linear_modules) -> dict:
-    """Numeric format of every weight-matrix module, keyed by module-name pattern.
-
-    The one place the dry run learns the precision policy (`precision/policy.py`); a
-    pattern whose layers differ (the last layers in BF16) is split by layer indices.
-    """
+def precision_map(config, counts) -> dict:
+    """The precision policy applied to the model (`precision/policy.py`): the numeric
+    format of every weight-matrix module, keyed by module-name pattern (a pattern whose
+    layers differ, the last layers in BF16, is split by layer indices), and the fraction
+    of the linear-layer training FLOPs computed in each format."""
     policy = precision_policy(config.precision, config.model.num_layers)
-    return pattern_formats(policy, config.model.parsed_pattern.main, linear_modules)
+    main = config.model.parsed_pattern.main
+    return {
+        "modules": pattern_formats(policy, main, counts.linear_modules),
+        "linear_flops_fraction": linear_flops_fractions(
+            policy, main, accounting.linear_flops_by_module(config.model, counts)),
+    }
 
 
 def dry_run(config, run_dir: Path) -> dict:
@@ -77,6 +81,7 @@ def build_report(config) -> dict:
     peak = max(stages, key=lambda stage: stage.peak)
     return {
         "recipe": config.recipe,
+        "precision_recipe": config.precision.recipe,
         "total_params": params.total,
         "total_params_without_mtp": params.total_without_mtp,
         "active_params": params.active,
@@ -92,7 +97,7 @@ def build_report(config) -> dict:
             "mtp_depths": parsed.mtp_depths,
             "mtp_shared_weights": model.mtp_shared_weights,
         },
-        "precision": precision_map(config, counts.linear_modules),
+        "precision": precision_map(config, counts),
         "params": {
             "by_layer_type": params.by_layer_type,
             "embedding": params.embedding,
@@ -228,6 +233,13 @@ def format_report(report: dict) -> str:
         f"{_gb(memory['peak_without_distributed_optimizer'])}")
     per_layer = ", ".join(f"{t} {_gb(b)}" for t, b in memory["activation_bytes_per_layer"].items())
     add(f"activations per layer and micro-batch: {per_layer}; recompute {memory['recompute'] or 'none'}")
+    precision = report["precision"]
+    add("")
+    fractions = ", ".join(f"{fmt} {share:.1%}" for fmt, share in precision["linear_flops_fraction"].items())
+    add(f"precision ({report['precision_recipe']}): linear-layer FLOPs {fractions}")
+    width = max(map(len, precision["modules"]))
+    for module, fmt in precision["modules"].items():
+        add(f"  {module:<{width}}  {fmt}")
     traffic = report["moe_communication"]
     if traffic:
         add("")

@@ -45,12 +45,13 @@ def build_model(config, tokenizer_vocab_size: int, device) -> ModelSetup:
         pg_collection=ProcessGroupCollection.use_mpu_process_groups(),
     )
     model.to(device)
+    # On the bare model: the policy's rules name HybridModel's modules, not a wrapper's.
+    plan = plan_precision(config.precision, config.model.num_layers)
+    apply_precision_plan(model, plan)
     if transformer_config.bf16 or transformer_config.fp16:
         # As Megatron-LM does: one dtype for every parameter (MambaMixer keeps A_log and D
         # in fp32 otherwise), fp32 logits out; the optimizer keeps fp32 main params.
         model = Float16Module(transformer_config, model)
-    plan = plan_precision(config.precision, config.model.num_layers)
-    apply_precision_plan(model, plan)
     if dist.get_rank() == 0:
         print(f"[nemotron-train] precision path: {plan.description}", flush=True)
     ddp_config = DistributedDataParallelConfig(

@@ -130,7 +130,7 @@ def synthetic_counts() -> accounting.ModuleCounts:
         layers={"moe": layer}, embedding=accounting.ParamSplit(tensor_parallel=1000),
         final_norm=accounting.ParamSplit(replicated=10),
         output_layer=accounting.ParamSplit(tensor_parallel=1000, matmul=1000),
-        mtp_depth=None, mtp_layers=(), mtp_stored_depths=0, mamba=None, linear_modules=())
+        mtp_depth=None, mtp_layers=(), mtp_stored_depths=0, mamba=None, linear_weights={})
 
 
 def test_memory_follows_megatrons_bytes_per_parameter():
@@ -192,6 +192,30 @@ def test_a_valid_layout_passes_every_rule():
     assert all(check.ok for check in checks), [c for c in checks if not c.ok]
 
 
+def test_nvfp4_linear_flops_fractions_follow_the_policy_by_hand():
+    """'MEM*ME' at d=64 under the NVFP4 policy: the last layer (5, MoE) is BF16 (15% of 6,
+    rounded up), Mamba out_proj MXFP8, attention and output layer BF16, router fp32."""
+    from nemotron_train.model.report import precision_map
+    from nemotron_train.precision.presets import PrecisionConfig
+
+    model = small_model("MEM*ME")
+    config = RunConfig(model=model, precision=PrecisionConfig(recipe="nvfp4"),
+                       train=TrainConfig(global_batch_size=2, micro_batch_size=1))
+    d, inner = 64, 8 * 8
+    in_proj = d * (2 * inner + 2 * 2 * 16 + 8)  # z, x, B, C (2 groups x state 16), dt per head
+    out_proj = inner * d
+    experts = 2 * 2 * 32 * d                    # top-2 experts, fc1 + fc2 of width 32
+    shared = 2 * 48 * d
+    router = 8 * d
+    attention = d * (4 * 16 + 2 * 2 * 16) + 4 * 16 * d
+    output = VOCAB * d
+    by_format = {"nvfp4": 3 * in_proj + experts + shared, "mxfp8": 3 * out_proj,
+                 "bf16": experts + shared + attention + output, "fp32": 2 * router}
+    total = sum(by_format.values())
+    fractions = precision_map(config, accounting.count_parameters(model, VOCAB))["linear_flops_fraction"]
+    assert fractions == pytest.approx({fmt: n / total for fmt, n in by_format.items()}, rel=1e-12)
+
+
 def run_train(*overrides, tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "train.py", *overrides, f"hydra.run.dir={tmp_path}/run"],
@@ -206,10 +230,12 @@ def test_dry_run_prints_the_report_and_writes_model_report_json(tmp_path):
                 "precision"):
         assert key in report
     assert report["layers"]["mamba"] == 23 and report["layers"]["moe"] == 23
-    assert set(report["precision"].values()) == {"bf16", "fp32"}
-    assert report["precision"]["decoder.layers.*.mlp.router"] == "fp32"  # Megatron-Core's fp32 router
-    assert "decoder.layers.*.mixer.in_proj" in report["precision"]
-    for heading in ("parameters", "FLOPs / token", "memory per GPU", "all-to-all", "layout checks"):
+    modules = report["precision"]["modules"]
+    assert set(modules.values()) == {"bf16", "fp32"}
+    assert modules["decoder.layers.*.mlp.router"] == "fp32"  # Megatron-Core's fp32 router
+    assert "decoder.layers.*.mixer.in_proj" in modules
+    for heading in ("parameters", "FLOPs / token", "memory per GPU", "all-to-all", "layout checks",
+                    "precision (bf16): linear-layer FLOPs"):
         assert heading in result.stdout
     assert (tmp_path / "run" / "config.yaml").exists()
 

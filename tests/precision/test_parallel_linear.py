@@ -158,3 +158,23 @@ def test_nvfp4_forward_backward_is_finite_and_close_to_bf16(single_process):
     # The loss alone is insensitive at init; the gradient is not. Elementwise it is noisy
     # (SR, 4-bit operands) but as a vector it points the same way: cosine 0.97 measured.
     assert F.cosine_similarity(nvfp4_grad, bf16_grad, dim=0) > 0.9
+
+
+def test_the_training_build_applies_the_policy_inside_the_bf16_wrapper(single_process):
+    """build_model wraps a BF16 model in Float16Module; the policy still reaches every linear."""
+    from megatron.core.transformer.module import Float16Module
+
+    from nemotron_train.config.schema import RunConfig
+    from nemotron_train.precision.presets import PrecisionConfig
+    from nemotron_train.training.config import TrainConfig
+    from nemotron_train.training.model_setup import build_model
+
+    config = RunConfig(model=HybridModelConfig(**TINY), precision=PrecisionConfig(recipe="nvfp4"),
+                       train=TrainConfig(global_batch_size=2, micro_batch_size=1))
+    wrapper = build_model(config, VOCAB, torch.device("cpu")).chunks[0].module
+    assert isinstance(wrapper, Float16Module)
+    layers = wrapper.module.decoder.layers
+    assert layers[0].mixer.in_proj.quantization_format == "nvfp4"
+    assert layers[0].mixer.out_proj.quantization_format == "mxfp8"
+    assert layers[3].self_attention.linear_qkv.quantization_format == "bf16"
+    assert layers[5].mlp.shared_experts.linear_fc1.quantization_format == "bf16"  # last 15%

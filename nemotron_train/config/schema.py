@@ -75,3 +75,15 @@ def check_pipeline_stages_match_pattern(config: RunConfig) -> None:
 def register_schema() -> None:
     """Make `RunConfig` the schema Hydra validates every recipe against."""
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def load_run_config(run_dir) -> RunConfig:
+    """The RunConfig a run recorded in `<run_dir>/config.yaml`, validated again."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError("run_dir", str(run_dir), "no config.yaml there: name a run directory train.py wrote")
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(path)))

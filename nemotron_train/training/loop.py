@@ -130,6 +130,7 @@ def _train(config, run_dir, runtime, context, sigterm) -> TrainResult:
         optimizer=optimizer, scheduler=scheduler, num_microbatches=num_microbatches,
         seq_length=config.model.seq_length, micro_batch_size=train_cfg.micro_batch_size,
         device=context.device, moe_layers=_moe_layer_flags(config.model),
+        mtp_depths=config.model.parsed_pattern.mtp_depths,
     )
 
     result = TrainResult(start_step=state.step, final_step=state.step)
@@ -166,7 +167,8 @@ def _train(config, run_dir, runtime, context, sigterm) -> TrainResult:
 
 
 def train_step(*, forward_backward, data_iterator, model_chunks, optimizer, scheduler,
-               num_microbatches, seq_length, micro_batch_size, device, moe_layers) -> dict:
+               num_microbatches, seq_length, micro_batch_size, device, moe_layers,
+               mtp_depths: int = 0) -> dict:
     """One optimizer step over `num_microbatches` micro-batches; return the step's metrics."""
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
@@ -185,6 +187,7 @@ def train_step(*, forward_backward, data_iterator, model_chunks, optimizer, sche
     metrics = {"loss": _mean_loss(reports, device), "lr": scheduler.get_lr(optimizer.param_groups[0]),
                "grad_norm": float(grad_norm) if grad_norm is not None else float("nan")}
     metrics.update(_moe_metrics(moe_layers, num_microbatches))
+    metrics.update(mtp_metrics(mtp_depths, num_microbatches, device))
     return metrics
 
 
@@ -235,6 +238,38 @@ def _moe_metrics(moe_layers: list, num_microbatches: int) -> dict:
         moe_layer_freq=moe_layers, total_loss_dict=totals,
     )
     return {f"moe_{name}": float(value) for name, value in totals.items()}
+
+
+def mtp_metrics(mtp_depths: int, num_microbatches: int, device) -> dict:
+    """Per-depth MTP losses and next-token accuracies of this step, from Megatron-Core's tracker.
+
+    `MTPLossLoggingHelper` records, per micro-batch and depth, the token-mean loss and the
+    correct/total counts of the depth's greedy token against the true token t+1+k, on the
+    ranks that hold the MTP block (the last pipeline stage). Its own reduction averages
+    with ReduceOp.AVG, which gloo lacks, over the data-parallel group only; so every rank
+    contributes here (zeros off the MTP ranks) and the mean is over the contributing ranks.
+    Tensor-parallel copies carry equal values and leave the means unchanged.
+    """
+    if not mtp_depths:
+        return {}
+    from megatron.core.transformer.multi_token_prediction import MTPLossLoggingHelper
+
+    tracker = MTPLossLoggingHelper.tracker
+    totals = torch.zeros(3 * mtp_depths + 1, dtype=torch.float64, device=device)
+    if tracker.get("avg_group") is not None:  # set by this step's forward, cleared below
+        totals[:mtp_depths] = tracker["loss_values"].to(torch.float64) / num_microbatches
+        totals[mtp_depths:2 * mtp_depths] = tracker["correct_values"].to(torch.float64)
+        totals[2 * mtp_depths:3 * mtp_depths] = tracker["total_values"].to(torch.float64)
+        totals[-1] = 1
+        MTPLossLoggingHelper.clean_metrics_in_tracker()
+    dist.all_reduce(totals)
+    losses = totals[:mtp_depths] / totals[-1].clamp(min=1)
+    accuracies = totals[mtp_depths:2 * mtp_depths] / totals[2 * mtp_depths:3 * mtp_depths].clamp(min=1)
+    metrics = {}
+    for depth in range(mtp_depths):
+        metrics[f"mtp_{depth + 1}_loss"] = losses[depth].item()
+        metrics[f"mtp_{depth + 1}_accuracy"] = accuracies[depth].item()
+    return metrics
 
 
 def _connect_megatron_hooks(setup, optimizer) -> None:

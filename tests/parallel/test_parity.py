@@ -16,13 +16,21 @@ from tests.parallel.parity import (
 RESULTS = Path(os.environ.get("PARITY_RESULTS", "/tmp/nemotron_train_parity.jsonl"))
 
 
-@pytest.fixture(scope="module")
-def baseline(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("baseline")
-    metrics = run_training(run_dir, ["checkpoint.save_initial=true"])
+def _baseline(run_dir, model_overrides=()):
+    metrics = run_training(run_dir, [*model_overrides, "checkpoint.save_initial=true"])
     initial = run_dir / "checkpoints" / "iter_0000000"
     assert initial.is_dir()
     return metrics, initial
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    return _baseline(tmp_path_factory.mktemp("baseline"))
+
+
+# The same model with LatentMoE (l = d/4) in its MoE layers and a shared-weight MTP block
+# at 2 depths, so the MTP block's own MoE layer is latent too.
+LATENT_MTP_MODEL = ["model.pattern=ME*-ME/*E/*E", "model.moe_latent_size=32"]
 
 
 LAYOUTS = {
@@ -45,11 +53,31 @@ def assert_matches_baseline(layout: str, overrides: list[str], nprocs: int, base
     record(RESULTS, layout, comparison)
     assert comparison.max_loss_rel < LOSS_RTOL
     assert comparison.max_grad_norm_rel < GRAD_NORM_RTOL
+    return reference, metrics
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_two_process_layout_matches_single_process(layout, baseline, tmp_path):
     assert_matches_baseline(layout, LAYOUTS[layout], 2, baseline, tmp_path / layout)
+
+
+@pytest.mark.slow
+def test_latent_moe_with_mtp_under_ep2_matches_single_process(tmp_path):
+    baseline = _baseline(tmp_path / "baseline", LATENT_MTP_MODEL)
+    reference, metrics = assert_matches_baseline(
+        "EP2-latent-mtp", [*LATENT_MTP_MODEL, "parallel.expert=2"], 2, baseline, tmp_path / "EP2")
+    for key in ("mtp_1_loss", "mtp_2_loss"):
+        for base, candidate in zip(reference, metrics):
+            assert candidate[key] == pytest.approx(base[key], rel=LOSS_RTOL), (key, base["step"])
+
+
+@pytest.mark.slow
+def test_latent_moe_with_mtp_under_pp2_matches_single_process(tmp_path):
+    baseline = _baseline(tmp_path / "baseline", LATENT_MTP_MODEL)
+    reference, metrics = assert_matches_baseline(
+        "PP2-latent-mtp", [*LATENT_MTP_MODEL, "parallel.pipeline=2"], 2, baseline, tmp_path / "PP2")
+    for base, candidate in zip(reference, metrics):
+        assert candidate["mtp_2_loss"] == pytest.approx(base["mtp_2_loss"], rel=LOSS_RTOL)
 
 
 COMBINED_LAYOUTS = {

@@ -1,0 +1,30 @@
+"""Draft acceptance: MTP depth k's greedy token at t against the main head's greedy token at t+k."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from nemotron_train.config.errors import ConfigError
+from nemotron_train.config.schema import RunConfig
+from nemotron_train.eval.mtp_acceptance import greedy_acceptance, measure
+
+
+def one_hot_logits(tokens, vocab=5):
+    return torch.nn.functional.one_hot(torch.tensor([tokens]), vocab).float()
+
+
+def test_acceptance_on_a_hand_checked_case():
+    main = one_hot_logits([1, 2, 3, 4, 0])  # the main head's greedy tokens for t+1
+    depth_1 = one_hot_logits([2, 3, 1, 0, 0])  # drafts for t+2; compared with main at t+1: 2,3,4,0
+    depth_2 = one_hot_logits([3, 0, 0, 0, 0])  # drafts for t+3; compared with main at t+2: 3,4,0
+    mask = torch.tensor([[1, 1, 1, 1, 0]])  # the last position's next token is not real
+    first, second = greedy_acceptance(main, [depth_1, depth_2], mask)
+    assert (first.depth, first.accepted, first.counted) == (1, 2, 3)  # t=0,1 accepted, t=2 not, t=3 masked
+    assert (second.depth, second.accepted, second.counted) == (2, 1, 2)  # t=0 accepted, t=1 not
+    assert first.rate == pytest.approx(2 / 3)
+
+
+def test_a_run_without_mtp_is_refused_before_loading(tmp_path):
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(RunConfig())))
+    with pytest.raises(ConfigError, match=r"model.pattern='M\*EM-E': this run has no MTP block"):
+        measure(tmp_path, batches=1)

@@ -110,7 +110,7 @@ def _train(config, run_dir, runtime, context, sigterm) -> TrainResult:
     tokens_per_step = train_cfg.global_batch_size * config.model.seq_length
     scheduler = build_scheduler(optimizer, config.optim,
                                 schedule_steps(config.optim, train_cfg.max_steps, tokens_per_step))
-    _connect_megatron_hooks(setup, optimizer)
+    connect_megatron_hooks(setup, optimizer)
 
     checkpoint_dir = Path(config.checkpoint.dir or run_dir / "checkpoints")
     state = _maybe_resume(config.checkpoint, checkpoint_dir, setup.chunks, optimizer, scheduler)
@@ -244,7 +244,7 @@ def _moe_metrics(moe_layers: list, num_microbatches: int) -> dict:
     return {f"moe_{name}": float(value) for name, value in totals.items()}
 
 
-def _connect_megatron_hooks(setup, optimizer) -> None:
+def connect_megatron_hooks(setup, optimizer) -> None:
     """Give Megatron-Core's schedules the DDP sync, grad finalisation and loss scaling."""
     config = setup.transformer_config
     chunks = setup.chunks

@@ -43,6 +43,7 @@ class RunConfig:
     def __post_init__(self):
         check_sequence_parallel_with_moe(self)
         check_pipeline_stages_match_pattern(self)
+        check_short_seq_length(self)
         # A curriculum phase that would get no steps fails here, before any allocation.
         plan_data_phases(self.data, self.train.max_steps)
 
@@ -70,6 +71,18 @@ def check_pipeline_stages_match_pattern(config: RunConfig) -> None:
     if config.model.num_layers < config.parallel.pipeline:
         raise ConfigError("parallel.pipeline", config.parallel.pipeline,
                           f"more pipeline stages than model.num_layers={config.model.num_layers}")
+
+
+def check_short_seq_length(config: RunConfig) -> None:
+    """A short step reads seq_length / short_seq_length sequences per long one: it must divide."""
+    short, long = config.train.short_seq_length, config.model.seq_length
+    if short is None:
+        return
+    if short >= long or long % short:
+        raise ConfigError("train.short_seq_length", short,
+                          f"must be shorter than model.seq_length={long} and divide it (a short "
+                          "step reads model.seq_length / train.short_seq_length sequences per "
+                          "long one, so that every step has the same tokens)")
 
 
 def register_schema() -> None:

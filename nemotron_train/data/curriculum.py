@@ -12,6 +12,10 @@ later phase fails now, not at the switch) for exactly its own samples, with its 
 order). The trainer reads the phases back to back as one stream of
 max_steps * global_batch_size samples: the sampler's consumed_samples then locates any
 resumed step, before, at or after a switch, and continues exactly.
+
+With mixed sequence lengths (sequence_lengths.py) there is one such stream per length:
+each phase's dataset at that length holds exactly the samples of that phase's steps at that
+length, and the position in each stream follows from the completed steps alone.
 """
 
 import dataclasses
@@ -28,6 +32,7 @@ from torch.utils.data import ConcatDataset, Subset
 from nemotron_train.config.errors import ConfigError
 from nemotron_train.data.config import DataConfig
 from nemotron_train.data.datasets import PretrainingDataset, build_data_iterator, build_datasets
+from nemotron_train.data.sequence_lengths import SequenceLengthSchedule
 from nemotron_train.data.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -53,15 +58,40 @@ class DataPhase:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StepBatches:
+    """Where one step's micro batches come from and their shape."""
+
+    iterator: Iterator[dict[str, torch.Tensor]]
+    seq_length: int
+    micro_batch_size: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainData:
     """What the trainer reads: this rank's batches, the validation set and the phase plan."""
 
-    iterator: Iterator[dict[str, torch.Tensor]]
-    """This rank's micro batches from the resumed position to the end of the run."""
+    iterators: dict[int, Iterator[dict[str, torch.Tensor]]]
+    """Sequence length -> this rank's micro batches at that length, from the resumed
+    position to the end of the run."""
     valid_dataset: PretrainingDataset | None
     """The validation set (from the first phase's blend); None if the split gives it 0."""
     phases: tuple[DataPhase, ...]
     """The phases in training order; one for a plain blend or the stdlib corpus."""
+    lengths: SequenceLengthSchedule
+    """Which sequence length each step trains at."""
+    micro_batch_size: int
+    """Sequences per micro batch at the long length."""
+
+    @property
+    def iterator(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The micro batches at the long length (all of them without mixed lengths)."""
+        return self.iterators[self.lengths.long_length]
+
+    def batches_for_step(self, step: int) -> StepBatches:
+        """The iterator, sequence length and micro batch size of step `step` (from 1)."""
+        length = self.lengths.seq_length(step)
+        return StepBatches(iterator=self.iterators[length], seq_length=length,
+                           micro_batch_size=self.micro_batch_size * self.lengths.sequences_factor(length))
 
     @property
     def switch_steps(self) -> tuple[int, ...]:
@@ -129,36 +159,58 @@ def build_train_data(
     consumed_samples: int,
     data_parallel_rank: int,
     data_parallel_size: int,
+    lengths: SequenceLengthSchedule | None = None,
 ) -> TrainData:
-    """Build every phase's datasets and this rank's iterator resumed at `consumed_samples`.
+    """Build every phase's datasets and this rank's iterators resumed at `consumed_samples`.
 
-    `consumed_samples` counts samples over all ranks (the checkpoint's value);
-    `valid_samples` sizes the validation set. With torch.distributed initialized, every
-    rank must call this (see build_datasets). The sample order depends on `seed`,
-    `max_steps` and `global_batch_size`: a resumed run must keep all three.
+    `consumed_samples` counts samples over all ranks (the checkpoint's value, counted in
+    long sequences: completed steps x global_batch_size); `valid_samples` sizes the
+    validation set. `lengths` mixes short steps in (None: every step at seq_length). With
+    torch.distributed initialized, every rank must call this (see build_datasets). The
+    sample order depends on `seed`, `max_steps`, `global_batch_size` and the length mix: a
+    resumed run must keep all of them.
     """
+    lengths = lengths or SequenceLengthSchedule(long_length=seq_length)
+    if lengths.long_length != seq_length:
+        raise ValueError(f"lengths.long_length={lengths.long_length} must equal seq_length={seq_length}")
+    if consumed_samples % global_batch_size:
+        raise ValueError(f"consumed_samples={consumed_samples} is not a whole number of steps of "
+                         f"global_batch_size={global_batch_size}")
+    completed_steps = consumed_samples // global_batch_size
     phases = plan_data_phases(config, max_steps)
-    phase_datasets = []
+    iterators = {}
     valid_dataset = None
-    for phase in phases:
-        samples = phase.steps * global_batch_size
-        datasets = build_datasets(
-            _phase_config(config, phase),
-            tokenizer,
-            seq_length=seq_length,
-            seed=seed + phase.number - 1,
-            train_samples=samples,
-            # Only the first phase's validation set is used; the others' get the minimum.
-            valid_samples=valid_samples if phase.number == 1 else 0,
-        )
-        if len(datasets.train) < samples:
-            raise RuntimeError(
-                f"data phase {phase.number} has {len(datasets.train)} samples, fewer than the "
-                f"{samples} requested from Megatron-Core"
+    for length in lengths.lengths:
+        factor = lengths.sequences_factor(length)
+        phase_datasets = []
+        for phase in phases:
+            samples = lengths.steps_at(length, phase.first_step, phase.last_step) * global_batch_size * factor
+            if samples == 0:
+                continue
+            is_first = phase.number == 1 and length == seq_length
+            datasets = build_datasets(
+                _phase_config(config, phase),
+                tokenizer,
+                seq_length=length,
+                seed=seed + phase.number - 1,
+                train_samples=samples,
+                # Only the first phase's validation set (at the long length) is used.
+                valid_samples=valid_samples if is_first else 0,
             )
-        if phase.number == 1:
-            valid_dataset = datasets.valid
-        phase_datasets.append(Subset(datasets.train, range(samples)))
+            if len(datasets.train) < samples:
+                raise RuntimeError(
+                    f"data phase {phase.number} at sequence length {length} has "
+                    f"{len(datasets.train)} samples, fewer than the {samples} requested from "
+                    "Megatron-Core"
+                )
+            if is_first:
+                valid_dataset = datasets.valid
+            phase_datasets.append(Subset(datasets.train, range(samples)))
+        consumed = lengths.steps_at(length, 1, completed_steps) * global_batch_size * factor
+        iterators[length] = _stream_iterator(
+            phase_datasets, consumed, micro_batch_size=micro_batch_size * factor,
+            data_parallel_rank=data_parallel_rank, data_parallel_size=data_parallel_size,
+            num_workers=config.dataloader_workers)
     if len(phases) > 1:
         logger.info(
             "data curriculum: %s",
@@ -167,19 +219,16 @@ def build_train_data(
                 for phase in phases
             ),
         )
-    stream = ConcatDataset(phase_datasets)
+    return TrainData(iterators=iterators, valid_dataset=valid_dataset, phases=phases,
+                     lengths=lengths, micro_batch_size=micro_batch_size)
+
+
+def _stream_iterator(phase_datasets: list, consumed_samples: int, **iterator_args) -> Iterator:
+    """The phases' samples back to back, resumed after `consumed_samples`."""
+    stream = ConcatDataset(phase_datasets) if phase_datasets else []
     if consumed_samples >= len(stream):
-        iterator = iter(())  # a finished run resumed: nothing left to read
-    else:
-        iterator = build_data_iterator(
-            stream,
-            micro_batch_size=micro_batch_size,
-            consumed_samples=consumed_samples,
-            data_parallel_rank=data_parallel_rank,
-            data_parallel_size=data_parallel_size,
-            num_workers=config.dataloader_workers,
-        )
-    return TrainData(iterator=iterator, valid_dataset=valid_dataset, phases=phases)
+        return iter(())  # a finished run resumed (or no step at this length): nothing to read
+    return build_data_iterator(stream, consumed_samples=consumed_samples, **iterator_args)
 
 
 def _phase_config(config: DataConfig, phase: DataPhase) -> DataConfig:

@@ -525,6 +525,27 @@ def activation_bytes_per_layer(layer_type: str, model: HybridModelConfig, layout
     raise ValueError(f"unknown layer type {layer_type!r}")
 
 
+RECOMPUTE_EFFECTS = {
+    "moe": "MoE layers keep only their input and rerun router, dispatch and experts in backward",
+    "moe_act": "MoE experts drop their activation output and recompute it",
+    "mlp": "dense MLP layers keep only their input",
+    "shared_experts": "the shared expert drops its intermediates",
+    "layernorm": "norm outputs are recomputed (one residual-size tensor less per layer)",
+}
+
+
+def recompute_assumption(recompute: tuple) -> str:
+    """What the activation estimate assumes about recompute, in one sentence."""
+    common = ("flash attention (no seq x seq scores); one recomputed layer's full activations "
+              "are counted on top while its backward runs")
+    if not recompute:
+        return ("no recompute: every layer keeps what its backward needs (model.recompute=[]); "
+                "flash attention (no seq x seq scores)")
+    effects = "; ".join(RECOMPUTE_EFFECTS.get(module, f"{module} recomputed (not modelled)")
+                        for module in recompute)
+    return f"selective recompute of {list(recompute)}: {effects}; {common}"
+
+
 def loss_activation_bytes(model: HybridModelConfig, layout: Layout, vocab_size: int, act: int) -> float:
     """Final norm and output-layer inputs (2R), and the logits at the loss.
 

@@ -75,11 +75,14 @@ def check_layout(config, world_size: int) -> list[LayoutCheck]:
              f"model.pattern names {len(parsed.stages)} '|' stages for PP {pp}")
     else:
         divides("layers / PP", "parallel.pipeline", pp, parsed.num_layers, "model.num_layers")
-    if parallel.sequence_parallel:
-        divides("sequence / TP (sequence parallel)", "parallel.tensor", tp, model.seq_length, "model.seq_length")
-    if cp > 1:
-        divides("sequence / 2CP (load-balanced CP)", "parallel.context", 2 * cp, model.seq_length,
-                "model.seq_length")
+    lengths = [("model.seq_length", model.seq_length)]
+    if train.short_seq_length and train.short_step_fraction:
+        lengths.append(("train.short_seq_length", train.short_seq_length))
+    for length_key, length in lengths:
+        if parallel.sequence_parallel:
+            divides("sequence / TP (sequence parallel)", "parallel.tensor", tp, length, length_key)
+        if cp > 1:
+            divides("sequence / 2CP (load-balanced CP)", "parallel.context", 2 * cp, length, length_key)
     # The world: checked after the model rules so the first error names the size to change.
     model_parallel = tp * pp * cp
     rule("world size", "parallel.num_nodes", world_size % model_parallel == 0,

@@ -133,6 +133,8 @@ def build_report(config) -> dict:
                     layer_type, model, layout, sizes.activation, tuple(model.recompute))
                 for layer_type in counts.layers},
             "recompute": list(model.recompute),
+            "recompute_assumption": accounting.recompute_assumption(tuple(model.recompute)),
+            "activation_split": activation_split(peak),
             "stages": [asdict(stage) | {"peak": stage.peak} for stage in stages],
         },
         "moe_communication": asdict(traffic) if traffic else None,
@@ -149,6 +151,18 @@ def build_report(config) -> dict:
             "checks": [asdict(check) for check in checks],
         },
     }
+
+
+def activation_split(stage: accounting.StageMemory) -> dict:
+    """A stage's activation bytes by where they are kept (all micro-batches in flight)."""
+    return activation_split_of(asdict(stage))
+
+
+def activation_split_of(stage: dict) -> dict:
+    split = {layer_type: stage["activations_by_layer_type"].get(layer_type, 0.0)
+             for layer_type in ("mamba", "attention", "moe", "mlp")}
+    return {**split, "loss_and_mtp": stage["loss_and_mtp"], "recompute_peak": stage["recompute_peak"],
+            "total": stage["activations"], "microbatches_in_flight": stage["microbatches_in_flight"]}
 
 
 def _count(n: float) -> str:
@@ -232,7 +246,15 @@ def format_report(report: dict) -> str:
         f"{_gb(memory['peak_with_distributed_optimizer'])}, without "
         f"{_gb(memory['peak_without_distributed_optimizer'])}")
     per_layer = ", ".join(f"{t} {_gb(b)}" for t, b in memory["activation_bytes_per_layer"].items())
-    add(f"activations per layer and micro-batch: {per_layer}; recompute {memory['recompute'] or 'none'}")
+    add(f"activations per layer and micro-batch at seq {flops['seq_length']}: {per_layer}")
+    add("")
+    columns = ("mamba", "attention", "moe", "mlp", "loss_and_mtp", "recompute_peak")
+    add(f"{'activations / GPU':<18}{'in flight':>10}" + "".join(f"{c:>15}" for c in columns) + f"{'total':>11}")
+    for stage in memory["stages"]:
+        split = activation_split_of(stage)
+        add(f"{'stage ' + str(stage['stage']):<18}{stage['microbatches_in_flight']:>10}"
+            + "".join(f"{_gb(split[c]):>15}" for c in columns) + f"{_gb(stage['activations']):>11}")
+    add(f"recompute assumed: {memory['recompute_assumption']}")
     precision = report["precision"]
     add("")
     fractions = ", ".join(f"{fmt} {share:.1%}" for fmt, share in precision["linear_flops_fraction"].items())

@@ -79,7 +79,7 @@ class MetricsLogger:
             f" | grad {record['grad_norm']:.3f} | {record['tokens_per_s']:,.0f} tok/s"
             f" | {format_duration(elapsed)} elapsed, ETA {format_duration(eta) if done else '?'}"
         )
-        extras = [f"{k} {record[k]:.4g}" for k in record if k.startswith(("moe_", "mtp_"))]
+        extras = [f"{k} {record[k]:.4g}" for k in record if k.startswith(("moe_", "mtp_", "seq_"))]
         print(" | ".join([line, *extras]), file=sys.stdout, flush=True)
 
     def close(self) -> None:

@@ -1,6 +1,7 @@
 """How long to train and with what batch."""
 
 from dataclasses import dataclass
+from typing import Optional
 
 from nemotron_train.config.errors import ConfigError
 
@@ -24,6 +25,15 @@ class TrainConfig:
     the schedule still spans max_steps, so a later job resumes exactly."""
     exit_on_sigterm: bool = True
     """On SIGTERM (preemption, Slurm time limit) save a checkpoint and exit cleanly."""
+    short_seq_length: Optional[int] = None
+    """Mixed-length training: the short sequence length some whole steps train at instead of
+    model.seq_length (e.g. 4096 beside 524288). It must divide model.seq_length: a short step
+    reads model.seq_length / short_seq_length times as many sequences, so every step has the
+    same tokens. None: every step at model.seq_length."""
+    short_step_fraction: float = 0.0
+    """Mixed-length training: the share of steps at short_seq_length, in [0, 1). Step s is
+    short when floor(s * f) > floor((s - 1) * f), so 0.5 alternates long and short steps
+    (nemotron_train/data/sequence_lengths.py)."""
 
     def __post_init__(self):
         for key in ("max_steps", "global_batch_size", "micro_batch_size"):
@@ -36,3 +46,18 @@ class TrainConfig:
                 "train.global_batch_size", self.global_batch_size,
                 f"must be a multiple of train.micro_batch_size={self.micro_batch_size}",
             )
+        self._check_mixed_lengths()
+
+    def _check_mixed_lengths(self):
+        fraction = self.short_step_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+            raise ConfigError("train.short_step_fraction", fraction,
+                              "choose a share of steps in [0, 1) (0.5 alternates long and short "
+                              "steps); to train every step short, set model.seq_length instead")
+        if fraction > 0 and self.short_seq_length is None:
+            raise ConfigError("train.short_seq_length", None,
+                              f"train.short_step_fraction={fraction} needs a short length: set "
+                              "train.short_seq_length (e.g. 4096), or short_step_fraction=0")
+        if self.short_seq_length is not None and self.short_seq_length < 1:
+            raise ConfigError("train.short_seq_length", self.short_seq_length,
+                              "must be at least 1, or null for no short steps")

@@ -22,6 +22,7 @@ from megatron.core.transformer.moe.moe_logging import get_moe_metrics_tracker
 
 from nemotron_train.data.curriculum import build_train_data
 from nemotron_train.data.datasets import build_data_iterator
+from nemotron_train.data.sequence_lengths import SequenceLengthSchedule
 from nemotron_train.data.tokenizer import build_tokenizer
 from nemotron_train.runtime.distributed import destroy_distributed, initialize_distributed
 from nemotron_train.runtime.setup import prepare_runtime
@@ -109,7 +110,7 @@ def _train(config, run_dir, runtime, context, sigterm) -> TrainResult:
     tokens_per_step = train_cfg.global_batch_size * config.model.seq_length
     scheduler = build_scheduler(optimizer, config.optim,
                                 schedule_steps(config.optim, train_cfg.max_steps, tokens_per_step))
-    _connect_megatron_hooks(setup, optimizer)
+    connect_megatron_hooks(setup, optimizer)
 
     checkpoint_dir = Path(config.checkpoint.dir or run_dir / "checkpoints")
     state = _maybe_resume(config.checkpoint, checkpoint_dir, setup.chunks, optimizer, scheduler)
@@ -122,13 +123,14 @@ def _train(config, run_dir, runtime, context, sigterm) -> TrainResult:
         consumed_samples=state.consumed_samples,
         data_parallel_rank=context.data_parallel_rank,
         data_parallel_size=context.data_parallel_size,
+        lengths=SequenceLengthSchedule.from_config(
+            config.model.seq_length, train_cfg.short_seq_length, train_cfg.short_step_fraction),
     )
     metrics = MetricsLogger(run_dir, config.logging, max_steps=train_cfg.max_steps,
                             enabled=is_logging_rank, start_step=state.step)
     step_fn = partial(
         train_step, forward_backward=get_forward_backward_func(), model_chunks=setup.chunks,
         optimizer=optimizer, scheduler=scheduler, num_microbatches=num_microbatches,
-        seq_length=config.model.seq_length, micro_batch_size=train_cfg.micro_batch_size,
         device=context.device, moe_layers=_moe_layer_flags(config.model),
         mtp_depths=config.model.parsed_pattern.mtp_depths,
     )
@@ -138,10 +140,14 @@ def _train(config, run_dir, runtime, context, sigterm) -> TrainResult:
         save_checkpoint(checkpoint_dir, state, setup.chunks, optimizer, scheduler)
     while state.step < train_cfg.max_steps:
         started = time.perf_counter()
-        step_metrics = step_fn(data_iterator=data.iterator)
+        batches = data.batches_for_step(state.step + 1)
+        step_metrics = step_fn(data_iterator=batches.iterator, seq_length=batches.seq_length,
+                               micro_batch_size=batches.micro_batch_size)
         state.step += 1
+        # Counted in long sequences: a short step has the same tokens (sequence_lengths.py).
         state.consumed_samples += train_cfg.global_batch_size
         step_metrics["tokens_per_s"] = tokens_per_step / (time.perf_counter() - started)
+        step_metrics["seq_length"] = batches.seq_length
         result.losses.append((state.step, step_metrics["loss"]))
         if len(data.phases) > 1:
             step_metrics["data_phase"] = data.phase_for_step(state.step)
@@ -169,7 +175,8 @@ def _train(config, run_dir, runtime, context, sigterm) -> TrainResult:
 def train_step(*, forward_backward, data_iterator, model_chunks, optimizer, scheduler,
                num_microbatches, seq_length, micro_batch_size, device, moe_layers,
                mtp_depths: int = 0) -> dict:
-    """One optimizer step over `num_microbatches` micro-batches; return the step's metrics."""
+    """One optimizer step over `num_microbatches` micro-batches of `micro_batch_size` sequences
+    of `seq_length` tokens (both may change from step to step); return the step's metrics."""
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
@@ -272,7 +279,7 @@ def mtp_metrics(mtp_depths: int, num_microbatches: int, device) -> dict:
     return metrics
 
 
-def _connect_megatron_hooks(setup, optimizer) -> None:
+def connect_megatron_hooks(setup, optimizer) -> None:
     """Give Megatron-Core's schedules the DDP sync, grad finalisation and loss scaling."""
     config = setup.transformer_config
     chunks = setup.chunks

@@ -65,7 +65,8 @@ def schedule_steps(optim: OptimConfig, max_steps: int, tokens_per_step: int) -> 
     warmup = optim.warmup_steps
     if optim.warmup_tokens is not None:
         warmup = -(-optim.warmup_tokens // tokens_per_step)
-    if warmup >= max_steps and optim.decay_style != "constant":
+    # Megatron-Core's scheduler asserts warmup < decay steps for every decay style.
+    if warmup >= max_steps:
         raise ConfigError("optim.warmup_steps", warmup,
                           f"warmup must end before train.max_steps={max_steps}")
     wsd_decay = round(optim.wsd_decay_fraction * max_steps)

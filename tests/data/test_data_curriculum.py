@@ -242,3 +242,30 @@ def test_an_idx_of_another_dataset_fails_at_start_naming_the_pair(
     two = corpora["two"]
     with pytest.raises(ValueError, match=f"{two}.bin has .* bytes but {two}.idx describes"):
         _train_data(config, builtin_tokenizer)
+
+
+def test_mixed_lengths_resume_each_stream_where_the_uninterrupted_run_was(corpora, builtin_tokenizer, tmp_path):
+    from nemotron_train.data.sequence_lengths import SequenceLengthSchedule
+
+    config = _two_phases(corpora, tmp_path / "cache")
+    lengths = SequenceLengthSchedule.from_config(SEQ_LENGTH, 4, 0.5)
+
+    def step_batches(consumed_steps):
+        data = build_train_data(
+            config, builtin_tokenizer, seq_length=SEQ_LENGTH, seed=1234, max_steps=MAX_STEPS,
+            global_batch_size=GLOBAL_BATCH_SIZE, micro_batch_size=4, valid_samples=8,
+            consumed_samples=consumed_steps * GLOBAL_BATCH_SIZE, data_parallel_rank=0,
+            data_parallel_size=1, lengths=lengths)
+        steps = {}
+        for step in range(consumed_steps + 1, MAX_STEPS + 1):
+            batches = data.batches_for_step(step)
+            micro = [next(batches.iterator)["tokens"] for _ in range(GLOBAL_BATCH_SIZE // 4)]
+            steps[step] = torch.cat(micro)
+        return steps
+
+    straight = step_batches(0)
+    # Same tokens every step: 8 x 16 long, or 8 x 4 = 32 sequences of 4 on short (even) steps.
+    assert [tuple(straight[s].shape) for s in (1, 2)] == [(8, 16), (32, 4)]
+    for resumed_after in (3, 4, SWITCH_STEP):  # long, short and the phase switch
+        resumed = step_batches(resumed_after)
+        assert all(torch.equal(resumed[s], straight[s]) for s in resumed)

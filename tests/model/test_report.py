@@ -1,6 +1,7 @@
 """The dry run's accounting against oracles: whole-model counts, Megatron's bytes-per-parameter
 rules, closed-form FLOPs, LatentMoE's d/l, and layout errors that name the key."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -163,6 +164,57 @@ def test_moe_recompute_keeps_only_the_layer_input():
     residual = 2 * model.seq_length * model.hidden_size * 2
     assert kept == 2 * residual
     assert full > model.moe_router_topk * kept
+
+
+def test_activation_split_by_layer_type_is_the_hand_computed_bytes():
+    """One micro-batch of 128 tokens over CP 2 (64 per rank), bf16 activations (2 bytes), TP 1.
+
+    Residual R = 64 tokens x d 64 x 2 = 8192 bytes; every layer keeps its norm and mixer inputs, 2R.
+    """
+    from nemotron_train.model.report import activation_split
+
+    model = small_model("M*EM")
+    layout = accounting.Layout(tensor=1, pipeline=1, context=2, expert=1, expert_tensor=1, world_size=2,
+                               sequence_parallel=False, distributed_optimizer=False, micro_batch=1,
+                               global_batch=2)
+    sizes = accounting.dtype_bytes(torch.bfloat16, grad_reduce_in_fp32=True)
+    counts = synthetic_counts()
+    counts = accounting.ModuleCounts(**{**counts.__dict__, "layers": {
+        "mamba": accounting.ParamSplit(), "attention": accounting.ParamSplit(), "moe": accounting.ParamSplit()}})
+    two_r = 2 * 8192
+    # Mamba: in_proj out z,x (2 x 64) + B,C (2 x 2 groups x 16) + dt (8 heads) = 200, plus y and
+    # the gated-norm output (2 x 64): 328 channels x 64 tokens x 2 bytes.
+    mamba = two_r + 64 * 2 * 328
+    # Attention: Q (4 x 16) and output (64), K and V (2 x 2 groups x 16): 192 channels; fp32
+    # softmax statistics for 4 heads.
+    attention = two_r + 64 * 2 * 192 + 64 * 4 * 4
+    # MoE: fp32 logits and scores over 8 experts; 2 routed copies of input, output (2 x 64),
+    # fc1 and activation (2 x 32); shared expert fc1 and activation (2 x 48).
+    moe = two_r + 64 * 8 * 2 * 4 + 2 * 64 * 2 * (2 * 64 + 2 * 32) + 64 * 2 * 48 * 2
+    # Loss: final-norm and output-layer inputs, then bf16 logits and fp32 softmax over 512.
+    loss = two_r + 64 * 512 * (4 + 2)
+    (stage,) = accounting.memory_per_gpu(model, counts, layout, sizes, VOCAB)
+    split = activation_split(stage)
+    assert (split["mamba"], split["attention"], split["moe"], split["loss_and_mtp"]) == (
+        2 * mamba, attention, moe, loss)
+    assert split["total"] == 453632 and split["recompute_peak"] == 0
+    assert "no recompute" in accounting.recompute_assumption(())
+
+    # MoE recompute: the MoE layer keeps 2R, and one full MoE layer is alive during its backward.
+    recomputed = dataclasses.replace(model, recompute=["moe"])
+    (stage,) = accounting.memory_per_gpu(recomputed, counts, layout, sizes, VOCAB)
+    split = activation_split(stage)
+    assert (split["moe"], split["recompute_peak"]) == (two_r, moe)
+    assert "MoE layers keep only their input" in accounting.recompute_assumption(("moe",))
+
+
+def test_a_short_step_length_must_split_over_context_parallel_ranks():
+    config = RunConfig(model=small_model("MEM*E-ME"), parallel=ParallelConfig(context=2),
+                       train=TrainConfig(global_batch_size=32, micro_batch_size=1,
+                                         short_seq_length=2, short_step_fraction=0.5))
+    failed = [check for check in check_layout(config, 2) if not check.ok]
+    assert [check.rule for check in failed] == ["sequence / 2CP (load-balanced CP)"]
+    assert "train.short_seq_length=2" in failed[0].detail
 
 
 def run_config(**parallel) -> RunConfig:

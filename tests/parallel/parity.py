@@ -51,15 +51,17 @@ class Comparison:
                 f"max |dgrad_norm|/grad_norm = {self.max_grad_norm_rel:.2e}")
 
 
-def run_training(run_dir: Path, overrides: list[str], nprocs: int = 1) -> list[dict]:
-    """Run train.py (under torchrun when nprocs > 1) and return its metrics.jsonl records."""
+def run_training(run_dir: Path, overrides: list[str], nprocs: int = 1,
+                 base: list[str] = PARITY_MODEL) -> list[dict]:
+    """Run train.py (under torchrun when nprocs > 1) with `base` then `overrides`; return its
+    metrics.jsonl records."""
     launcher = [sys.executable, "train.py"]
     if nprocs > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                     f"--nproc-per-node={nprocs}", "train.py"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [*launcher, *PARITY_MODEL, *overrides, f"hydra.run.dir={run_dir}"],
+        [*launcher, *base, *overrides, f"hydra.run.dir={run_dir}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
     )
     if result.returncode != 0:
@@ -69,6 +71,7 @@ def run_training(run_dir: Path, overrides: list[str], nprocs: int = 1) -> list[d
 
 def compare(baseline: list[dict], candidate: list[dict]) -> Comparison:
     assert [r["step"] for r in candidate] == [r["step"] for r in baseline]
+    assert [r.get("seq_length") for r in candidate] == [r.get("seq_length") for r in baseline]
     loss_rel = max(abs(c["loss"] - b["loss"]) / abs(b["loss"]) for b, c in zip(baseline, candidate))
     grad_rel = max(abs(c["grad_norm"] - b["grad_norm"]) / abs(b["grad_norm"])
                    for b, c in zip(baseline, candidate))

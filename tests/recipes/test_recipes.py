@@ -145,3 +145,25 @@ def test_one_training_step_at_reduced_width(name, data_cache, tmp_path):
     (step, loss), = result.losses
     # An untrained model predicts close to uniformly over the (builtin, 4096-token) vocabulary.
     assert math.isfinite(loss) and abs(loss - math.log(4096)) < 1.0
+
+
+def test_nano_cpt_512k_is_the_reports_layout_and_budget_and_fits():
+    config = compose_recipe("nano_30b_cpt_512k")
+    report = build_report(config)
+    layout = report["layout"]
+    assert (layout["tensor"], layout["pipeline"], layout["context"], layout["expert"]) == (8, 4, 8, 8)
+    assert all(check["ok"] for check in layout["checks"]), [c for c in layout["checks"] if not c["ok"]]
+    assert report["memory"]["fits"] and report["memory_per_gpu_bytes"] < 80e9
+    assert 48 % layout["data_parallel"] == 0
+    # 121B tokens at 48 x 512k per step; a 4k step reads 128 x 48 sequences: the same tokens.
+    lengths, train = config.model.seq_length, config.train
+    assert lengths == 524288 and train.global_batch_size == 48
+    assert train.max_steps == math.ceil(121e9 / (48 * 524288))
+    assert train.global_batch_size * (lengths // train.short_seq_length) * train.short_seq_length == 48 * 524288
+    assert (config.optim.decay_style, config.optim.lr) == ("constant", 1e-5)
+    split = report["memory"]["activation_split"]
+    peak = report["memory"]["stages"][report["memory"]["peak_stage"]]
+    parts = ("mamba", "attention", "moe", "mlp", "loss_and_mtp", "recompute_peak")
+    assert sum(split[part] for part in parts) == pytest.approx(split["total"]) == peak["activations"]
+    assert split["mamba"] > 0 and split["attention"] > 0 and split["moe"] > 0
+    assert report["memory"]["recompute_assumption"].startswith("no recompute")

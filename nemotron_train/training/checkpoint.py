@@ -139,6 +139,32 @@ def _initialise_empty_optimizer_states(optimizer) -> None:
             state.setdefault("step", torch.tensor(0.0))
 
 
+def _restore_adam_steps(optimizer, loaded_state) -> None:
+    """Set torch Adam's per-parameter `step` to the saved one, each in its own tensor.
+
+    Fills a Megatron-Core 0.19.2 gap on the path without Apex or TE (every CPU run): the
+    distributed optimizer saves the step in its param groups, but loading a
+    `dp_reshardable` checkpoint leaves the per-parameter steps at their initial value,
+    so the first update after resume used the bias correction of step 1. (Megatron-Core
+    would also hand one shared tensor to every parameter, which torch's Adam increments
+    once per parameter.)
+    """
+    inners = getattr(optimizer, "chained_optimizers", [optimizer])
+    states = loaded_state if isinstance(loaded_state, list) else [loaded_state]
+    for inner, state in zip(inners, states):
+        torch_optimizer = getattr(inner, "optimizer", None)
+        saved_groups = state.get("optimizer", {}).get("param_groups", []) if isinstance(state, dict) else []
+        if torch_optimizer is None or len(saved_groups) != len(torch_optimizer.param_groups):
+            continue
+        for group, saved in zip(torch_optimizer.param_groups, saved_groups):
+            if "step" not in saved:
+                continue
+            for param in group["params"]:
+                param_state = torch_optimizer.state.get(param)
+                if param_state is not None and "step" in param_state:
+                    param_state["step"] = torch.tensor(float(saved["step"]), dtype=torch.float32)
+
+
 def load_checkpoint(path, model_chunks, optimizer, scheduler, *, weights_only: bool = False) -> TrainState:
     """Load weights, optimizer, scheduler and train state from `path` (resolved as above).
 
@@ -162,5 +188,6 @@ def load_checkpoint(path, model_chunks, optimizer, scheduler, *, weights_only: b
         # With fp32 params the distributed optimizer's main params are views of the model's
         # leaf parameters, and its loader copies into them in place.
         optimizer.load_state_dict(loaded["optimizer"])
+    _restore_adam_steps(optimizer, loaded["optimizer"])
     scheduler.load_state_dict(loaded["scheduler"])
     return TrainState(**loaded["train_state"])

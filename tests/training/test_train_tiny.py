@@ -54,8 +54,10 @@ def test_run_directory_holds_config_metrics_and_checkpoint(short_run):
     assert "step     40/40" in result.stdout and "ETA" in result.stdout
 
 
-def test_resumed_run_continues_with_the_same_losses(tmp_path):
-    common = ["train.max_steps=8", "optim.warmup_steps=2", "logging.log_interval=1"]
+@pytest.mark.parametrize("distributed_optimizer", [False, True])
+def test_resumed_run_continues_with_the_same_losses(tmp_path, distributed_optimizer):
+    common = ["train.max_steps=8", "optim.warmup_steps=2", "logging.log_interval=1",
+              f"parallel.distributed_optimizer={str(distributed_optimizer).lower()}"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(straight, *common)
     first_job = train(resumed, *common, "train.exit_interval=4")

@@ -62,7 +62,6 @@ def _main_and_mtp_logits(model, tokens, positions):
     return main_logits, [model.output_layer(chunk)[0].transpose(0, 1) for chunk in chunks]
 
 
-@torch.no_grad()
 def measure(run_dir: Path, batches: int) -> dict:
     """Load the run's latest checkpoint and measure acceptance on `batches` validation micro-batches."""
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
@@ -108,12 +107,14 @@ def measure(run_dir: Path, batches: int) -> dict:
         iterator = build_data_iterator(data.valid_dataset, micro_batch_size=micro_batch,
                                        consumed_samples=0, data_parallel_rank=0, data_parallel_size=1)
         totals = [[0, 0] for _ in range(depths)]
-        for _ in range(batches):
-            batch = {key: value.to(context.device) for key, value in next(iterator).items()}
-            main_logits, mtp_logits = _main_and_mtp_logits(model, batch["tokens"], batch["position_ids"])
-            for result in greedy_acceptance(main_logits.float(), mtp_logits, batch["loss_mask"]):
-                totals[result.depth - 1][0] += result.accepted
-                totals[result.depth - 1][1] += result.counted
+        # Only here: Megatron-Core's DDP (inside build_model) needs autograd to hook its grads.
+        with torch.no_grad():
+            for _ in range(batches):
+                batch = {key: value.to(context.device) for key, value in next(iterator).items()}
+                main_logits, mtp_logits = _main_and_mtp_logits(model, batch["tokens"], batch["position_ids"])
+                for result in greedy_acceptance(main_logits.float(), mtp_logits, batch["loss_mask"]):
+                    totals[result.depth - 1][0] += result.accepted
+                    totals[result.depth - 1][1] += result.counted
     finally:
         reset_megatron_globals()
         destroy_distributed()

@@ -28,3 +28,33 @@ def test_a_run_without_mtp_is_refused_before_loading(tmp_path):
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(RunConfig())))
     with pytest.raises(ConfigError, match=r"model.pattern='M\*EM-E': this run has no MTP block"):
         measure(tmp_path, batches=1)
+
+
+def test_the_cli_measures_a_trained_checkpoint(tmp_path):
+    """A real run (the MTP arm at reduced width, 2 steps) through train.py, then the CLI:
+    depth k is counted at every position whose draft target t+1+k lies in the sequence."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    run_dir, seq, micro_batch, batches = tmp_path / "mtp", 64, 2, 2
+    subprocess.run([sys.executable, "train.py", "recipe=ablation_mtp", "arm=mtp", f"hydra.run.dir={run_dir}",
+                    "model.hidden_size=64", "model.num_experts=8", "model.moe_router_topk=2",
+                    f"model.seq_length={seq}", "train.max_steps=2", "train.global_batch_size=2",
+                    f"train.micro_batch_size={micro_batch}", "optim.warmup_steps=1",
+                    "train.eval_interval=0"],
+                   cwd=repo, env=env, check=True, capture_output=True, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "nemotron_train.eval.mtp_acceptance", str(run_dir),
+                             "--batches", str(batches)],
+                            cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    depths = json.loads((run_dir / "mtp_acceptance.json").read_text())["depths"]
+    assert [d["depth"] for d in depths] == [1, 2]
+    for d in depths:
+        assert d["counted"] == batches * micro_batch * (seq - d["depth"])
+        assert 0 <= d["accepted"] <= d["counted"]
+    assert "| 1 |" in result.stdout

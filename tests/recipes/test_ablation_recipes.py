@@ -40,3 +40,37 @@ def test_mtp_arm_adds_supers_shared_block_to_the_same_model():
 def test_an_arm_the_recipe_lacks_fails_naming_it(recipe, arm):
     with pytest.raises(MissingConfigException, match=arm):
         compose_recipe(recipe, [f"arm={arm}"])
+
+
+@pytest.mark.slow
+def test_the_mtp_ablation_chain_multirun_acceptance_report(tmp_path):
+    """What the README runs, at 6 steps: both arms through Hydra's multirun, the MTP arm's
+    draft acceptance, then one report holding both arms, the acceptance and the plot."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    sweep, out = tmp_path / "sweep", tmp_path / "report"
+
+    def run(*args):
+        result = subprocess.run([sys.executable, *args], cwd=repo, env=env, capture_output=True,
+                                text=True, timeout=1200)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        return result
+
+    run("train.py", "-m", "recipe=ablation_mtp", "arm=baseline,mtp", "train.max_steps=6",
+        "optim.warmup_steps=2", "logging.log_interval=1", "train.eval_interval=6",
+        f"hydra.sweep.dir={sweep}")
+    run("-m", "nemotron_train.eval.mtp_acceptance", str(sweep / "1"), "--batches", "2")
+    run("-m", "nemotron_train.report.ablation", str(sweep), "--out", str(out))
+    report = json.loads((out / "ablation.json").read_text())
+    arms = report["arms"]
+    assert [arm["label"] for arm in arms] == ["baseline", "mtp"]
+    assert all(arm["steps"] == 6 for arm in arms)
+    assert not arms[0]["mtp_acceptance"] and set(arms[1]["mtp_acceptance"]) == {"mtp_1", "mtp_2"}
+    assert all(0 <= rate <= 1 for rate in arms[1]["mtp_acceptance"].values())
+    assert (out / "loss_curves.png").stat().st_size > 0

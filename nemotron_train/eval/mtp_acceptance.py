@@ -71,10 +71,9 @@ def measure(run_dir: Path, batches: int) -> dict:
     from nemotron_train.data.curriculum import build_train_data
     from nemotron_train.data.datasets import build_data_iterator
     from nemotron_train.data.tokenizer import build_tokenizer
-    from nemotron_train.runtime.distributed import ParallelConfig, destroy_distributed, initialize_distributed
-    from nemotron_train.runtime.setup import prepare_runtime
+    from nemotron_train.runtime.distributed import ParallelConfig
     from nemotron_train.training.checkpoint import load_checkpoint
-    from nemotron_train.training.loop import reset_megatron_globals
+    from nemotron_train.training.loop import megatron_session
     from nemotron_train.training.model_setup import build_model
 
     config = load_run_config(run_dir)
@@ -86,10 +85,7 @@ def measure(run_dir: Path, batches: int) -> dict:
     # One process: dist_checkpointing reshards whatever layout the run trained with.
     config.parallel = ParallelConfig()
     config.precision.grad_reduce_in_fp32 = True
-    prepare_runtime()
-    reset_megatron_globals()
-    context = initialize_distributed(config.parallel)
-    try:
+    with megatron_session(config.parallel) as (_, context):
         torch.manual_seed(config.seed)
         model_parallel_cuda_manual_seed(config.seed)
         tokenizer = build_tokenizer(config.data.tokenizer, config.data.cache_dir)
@@ -115,9 +111,6 @@ def measure(run_dir: Path, batches: int) -> dict:
                 for result in greedy_acceptance(main_logits.float(), mtp_logits, batch["loss_mask"]):
                     totals[result.depth - 1][0] += result.accepted
                     totals[result.depth - 1][1] += result.counted
-    finally:
-        reset_megatron_globals()
-        destroy_distributed()
     per_depth = [DepthAcceptance(depth=k + 1, accepted=a, counted=c) for k, (a, c) in enumerate(totals)]
     return {
         "run_dir": str(run_dir),

@@ -3,6 +3,7 @@
 import logging
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -74,14 +75,24 @@ def train(config, run_dir: Path, on_run_dir=None) -> TrainResult:
     sigterm = _SigtermFlag()
     if config.train.exit_on_sigterm:
         sigterm.install()  # before setup, which takes minutes at scale
-    runtime = prepare_runtime()
-    reset_megatron_globals()
-    context = initialize_distributed(config.parallel)
-    try:
+    with megatron_session(config.parallel) as (runtime, context):
         run_dir = _agree_on_run_dir(Path(run_dir))
         if context.rank == 0 and on_run_dir is not None:
             on_run_dir(run_dir)
         return _train(config, run_dir, runtime, context, sigterm)
+
+
+@contextmanager
+def megatron_session(parallel):
+    """One job's Megatron-Core runtime in this process: the machine's runtime (CPU stand-ins
+    where there is no CUDA), Megatron-Core's globals reset, the process groups of `parallel`
+    (a ParallelConfig). Yields `(runtime, context)`; on exit the globals are reset and the
+    groups destroyed, so a later session in the same process starts clean."""
+    runtime = prepare_runtime()
+    reset_megatron_globals()
+    context = initialize_distributed(parallel)
+    try:
+        yield runtime, context
     finally:
         reset_megatron_globals()
         destroy_distributed()

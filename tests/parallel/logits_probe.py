@@ -12,7 +12,6 @@ across tensor-, context- and pipeline-parallel ranks, and writes them from one r
 """
 
 import os
-from functools import partial
 from pathlib import Path
 
 import hydra
@@ -28,10 +27,8 @@ from omegaconf import OmegaConf
 
 from nemotron_train.config.schema import register_schema
 from nemotron_train.model.context_parallel_attention import load_balanced_positions
-from nemotron_train.runtime.distributed import destroy_distributed, initialize_distributed
-from nemotron_train.runtime.setup import prepare_runtime
 from nemotron_train.training.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from nemotron_train.training.loop import reset_megatron_globals
+from nemotron_train.training.loop import megatron_session
 from nemotron_train.training.model_setup import build_model
 from nemotron_train.training.optimizer import build_optimizer, build_scheduler, schedule_steps
 from nemotron_train.precision.presets import precision_settings
@@ -80,10 +77,7 @@ def probe_forward_step(data_iterator, model):
 @hydra.main(config_path=str(REPO / "recipes"), config_name="config", version_base="1.3")
 def main(cfg) -> None:
     config = OmegaConf.to_object(cfg)
-    prepare_runtime()
-    reset_megatron_globals()
-    context = initialize_distributed(config.parallel)
-    try:
+    with megatron_session(config.parallel) as (_, context):
         torch.manual_seed(config.seed)
         model_parallel_cuda_manual_seed(config.seed)
         init_num_microbatches_calculator(context.rank, None, BATCH, BATCH, 1)
@@ -110,9 +104,6 @@ def main(cfg) -> None:
                   and parallel_state.get_data_parallel_rank() == 0)
         if writer:
             torch.save(outputs[0].cpu(), os.environ["PROBE_OUT"])
-    finally:
-        reset_megatron_globals()
-        destroy_distributed()
 
 
 if __name__ == "__main__":

@@ -348,18 +348,11 @@ def test_gated_rms_norm_parameters_and_dtype():
     assert norm(torch.randn(2, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
 
 
-def test_gated_rms_norm_sharded_state_dict():
-    if torch.distributed.is_initialized():
-        pytest.skip("needs a fresh single-process group")
-    store = torch.distributed.HashStore()
-    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
-    try:
-        norm = GatedRMSNorm(8, group_size=4)
-        norm.tp_group = torch.distributed.group.WORLD
-        metadata = {"dp_cp_group": torch.distributed.group.WORLD}
-        sharded = norm.sharded_state_dict(prefix="mixer.norm.", metadata=metadata)
-    finally:
-        torch.distributed.destroy_process_group()
+def test_gated_rms_norm_sharded_state_dict(single_process):
+    norm = GatedRMSNorm(8, group_size=4)
+    norm.tp_group = torch.distributed.group.WORLD
+    metadata = {"dp_cp_group": torch.distributed.group.WORLD}
+    sharded = norm.sharded_state_dict(prefix="mixer.norm.", metadata=metadata)
     assert list(sharded) == ["mixer.norm.weight"]
     tensor = sharded["mixer.norm.weight"]
     assert tensor.key == "mixer.norm.weight"

@@ -9,7 +9,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from data_prep.__main__ import build_parser, main
 from nemotron_train.data import preparation
 from nemotron_train.data.config import TokenizerConfig
-from nemotron_train.data.sources import expand_inputs
+from nemotron_train.data.inputs import expand_inputs
 from nemotron_train.data.stdlib_corpus import stdlib_source_files
 from nemotron_train.data.tokenizer import build_tokenizer
 
@@ -207,7 +207,7 @@ def test_help_documents_every_option():
     parser = build_parser()
     help_text = parser.format_help()
     options = [action for action in parser._actions if action.option_strings != ["-h", "--help"]]
-    assert len(options) == 12
+    assert len(options) == 15
     for action in options:
         assert action.help, f"{action.option_strings} has no help text"
         assert all(option in help_text for option in action.option_strings)

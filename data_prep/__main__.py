@@ -176,9 +176,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
             "allowed: one key for all inputs, or one per input"
         )
     if arguments.num_shards is None:
-        for option in ("shard_index", "plan_only"):
-            if getattr(arguments, option) not in (None, False):
-                parser.error(f"--{option.replace('_', '-')} needs --num-shards")
+        if arguments.shard_index is not None:
+            parser.error("--shard-index needs --num-shards")
+        if arguments.plan_only:
+            parser.error("--plan-only needs --num-shards")
     elif arguments.num_shards < 1:
         parser.error(f"--num-shards={arguments.num_shards} is invalid; allowed: >= 1")
     elif arguments.shard_index is not None and not 0 <= arguments.shard_index < arguments.num_shards:

@@ -6,6 +6,7 @@
 """
 
 import argparse
+import logging
 import sys
 
 from nemotron_train.data.shard_outputs import merge_shards, write_blend
@@ -49,6 +50,8 @@ def build_shard_command_parser() -> argparse.ArgumentParser:
 def run_shard_command(argv: list[str]) -> int:
     """Run one of SHARD_COMMANDS; 0 on success, 1 with the reason on stderr."""
     arguments = build_shard_command_parser().parse_args(argv)
+    # Megatron-Core's _IndexReader logs five INFO lines for every shard it opens.
+    logging.getLogger("megatron.core.datasets.indexed_dataset").setLevel(logging.WARNING)
     try:
         if arguments.command == "merge":
             message = merge_shards(arguments.output_prefix).describe()

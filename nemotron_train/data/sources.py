@@ -102,8 +102,10 @@ def iter_documents(
                 else:
                     yield document
         except OSError as error:
+            # The offset of the last record read whole: for compressed files a compressed one.
+            offset = source.start + counts.input_bytes - bytes_before
             raise InputReadError(
-                f"{source.path}: cannot read it ({error.strerror or error})"
+                f"{source.path}: reading failed after byte {offset}: {error.strerror or error}"
             ) from None
 
 

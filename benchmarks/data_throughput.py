@@ -24,6 +24,8 @@ this benchmark about one core whatever --workers says (the cores column shows it
 """
 
 import argparse
+import contextlib
+import datetime
 import json
 import os
 import platform
@@ -35,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import tokenizers
@@ -84,6 +87,7 @@ def machine_state() -> dict:
     )
     autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled")
     return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "nproc": len(os.sched_getaffinity(0)),
         # With autogroup, CFS shares the CPUs between sessions before processes: on a busy
         # machine this benchmark's processes together get about one session's share.
@@ -204,6 +208,26 @@ def measure_loader(
     }
 
 
+@contextlib.contextmanager
+def benchmark_work_dir(work_dir: str | None, prefix: str) -> Iterator[Path]:
+    """`work_dir` (kept afterwards), or a temporary directory removed at the end."""
+    path = Path(work_dir or tempfile.mkdtemp(prefix=prefix))
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    finally:
+        if not work_dir:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def write_results(results: dict, output: str) -> Path:
+    """Write `results` as indented JSON to `output` (directories made); return its path."""
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return path
+
+
 def print_table(results: dict) -> None:
     corpus, before, after = results["corpus"], results["machine_before"], results["machine_after"]
     print(
@@ -234,9 +258,7 @@ def print_table(results: dict) -> None:
 
 def main() -> None:
     arguments = parse_arguments()
-    work_dir = Path(arguments.work_dir or tempfile.mkdtemp(prefix="data_throughput-"))
-    work_dir.mkdir(parents=True, exist_ok=True)
-    try:
+    with benchmark_work_dir(arguments.work_dir, "data_throughput-") as work_dir:
         tokenizer = build_tokenizer(TokenizerConfig(), arguments.cache_dir)  # trained once
         results = {"machine_before": machine_state()}
         corpus_path = work_dir / "corpus.jsonl"
@@ -270,14 +292,8 @@ def main() -> None:
             for seq_length in arguments.seq_lengths
         ]
         results["machine_after"] = machine_state()
-    finally:
-        if not arguments.work_dir:
-            shutil.rmtree(work_dir, ignore_errors=True)
-    output = Path(arguments.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
-    print(f"\nwrote {output}")
+    print(f"\nwrote {write_results(results, arguments.output)}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from nemotron_train.data.config import DataConfig
 from nemotron_train.data.indexed_files import IndexedDatasetInfo, check_indexed_dataset
 from nemotron_train.data.preparation import prepare_indexed_dataset
 from nemotron_train.data.sampler import PretrainingBatchSampler
-from nemotron_train.data.sources import STDLIB_INPUT, expand_inputs
+from nemotron_train.data.inputs import STDLIB_INPUT, expand_inputs
 from nemotron_train.data.stdlib_corpus import stdlib_corpus_fingerprint
 from nemotron_train.data.tokenizer import Tokenizer
 

@@ -1,16 +1,25 @@
-"""The .bin/.idx pair behind a Megatron-Core indexed dataset: checking and publishing it.
+"""The .bin/.idx pair behind a Megatron-Core indexed dataset: writing, checking, publishing.
 
 Megatron-Core reads the pair with bare asserts ("One or both of the .idx and .bin files
 cannot be found", or a failed memory map deep in GPTDataset) and never compares the .bin's
 size with what the .idx describes. `check_indexed_dataset` fills that gap before training.
 """
 
+import contextlib
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy
-from megatron.core.datasets.indexed_dataset import DType, get_bin_path, get_idx_path
+from megatron.core.datasets.indexed_dataset import (
+    DType,
+    IndexedDatasetBuilder,
+    get_bin_path,
+    get_idx_path,
+)
+
+from nemotron_train.data.cache import unique_temporary_path
 
 # The .idx layout written by Megatron-Core's _IndexWriter: a 9-byte magic, a version
 # (uint64, always 1), a dtype code (uint8), the sequence count and the document count
@@ -103,6 +112,26 @@ def check_indexed_dataset(path_prefix: str) -> IndexedDatasetInfo:
 def _read_scalar(index_file, offset: int, dtype: type) -> int:
     index_file.seek(offset)
     return int(numpy.frombuffer(index_file.read(numpy.dtype(dtype).itemsize), dtype=dtype)[0])
+
+
+@contextlib.contextmanager
+def atomic_indexed_dataset_builder(output_prefix: str, dtype: type) -> Iterator[IndexedDatasetBuilder]:
+    """A Megatron-Core IndexedDatasetBuilder that writes under a temporary name.
+
+    When the block ends normally the pair is finalized and published onto `output_prefix`;
+    when it raises, the temporary files are removed and an earlier dataset stays as it was.
+    """
+    temporary_prefix = unique_temporary_path(output_prefix)
+    builder = IndexedDatasetBuilder(get_bin_path(temporary_prefix), dtype=dtype)
+    try:
+        yield builder
+        builder.finalize(get_idx_path(temporary_prefix))
+        publish_indexed_dataset(temporary_prefix, output_prefix)
+    finally:
+        builder.data_file.close()
+        for path in (get_bin_path(temporary_prefix), get_idx_path(temporary_prefix)):
+            if os.path.exists(path):
+                os.remove(path)
 
 
 def publish_indexed_dataset(temporary_prefix: str, path_prefix: str) -> None:

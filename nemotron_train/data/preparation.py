@@ -9,6 +9,7 @@ whatever the input size. The output appears under its final name only when compl
 
 import contextlib
 import logging
+import math
 import multiprocessing
 import multiprocessing.pool
 import os
@@ -18,16 +19,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy
-from megatron.core.datasets.indexed_dataset import (
-    DType,
-    IndexedDatasetBuilder,
-    get_bin_path,
-    get_idx_path,
-)
+from megatron.core.datasets.indexed_dataset import DType
 
-from nemotron_train.data.cache import unique_temporary_path
-from nemotron_train.data.indexed_files import publish_indexed_dataset
-from nemotron_train.data.sources import InputSource, SkipCounts, iter_documents
+from nemotron_train.data.indexed_files import atomic_indexed_dataset_builder
+from nemotron_train.data.sources import InputSource, ReadCounts, iter_documents
 from nemotron_train.data.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -51,6 +46,8 @@ class PreparationSummary:
     """Records skipped as malformed (bad JSON, missing text field, undecodable bytes)."""
     skipped_empty: int
     """Documents skipped as empty or whitespace only."""
+    input_bytes: int
+    """Bytes of input read (compressed bytes for compressed files)."""
     seconds: float
     """Wall time of the whole preparation."""
 
@@ -63,55 +60,68 @@ class PreparationSummary:
         )
 
 
+@dataclass(frozen=True, kw_only=True)
+class ProgressReport:
+    """How far a preparation has come, as its progress line reports it."""
+
+    documents: int
+    """Documents written so far."""
+    tokens: int
+    """Tokens written so far."""
+    input_bytes: int
+    """Input bytes read so far (compressed bytes for compressed files)."""
+    seconds: float
+    """Time since the preparation started."""
+
+
 def prepare_indexed_dataset(
     sources: Iterable[InputSource],
     *,
     tokenizer: Tokenizer,
     output_prefix: str,
     workers: int = 1,
-    json_key: str = "text",
     strict: bool = False,
+    allow_empty: bool = False,
+    progress_label: str = "",
+    planned_input_bytes: int | None = None,
+    on_progress: Callable[[ProgressReport], None] | None = None,
 ) -> PreparationSummary:
     """Tokenize every document of `sources` into `output_prefix`.bin/.idx, EOD after each.
 
     Token ids are stored as uint16 when the vocabulary fits, else int32 (Megatron-LM's
     choice). `workers` > 1 tokenizes in that many processes; the output is the same.
-    Raises MalformedInputError on a malformed record if `strict`, and ValueError if no
-    document is left; in both cases nothing is written under `output_prefix`.
+    Every few seconds a progress line (prefixed with `progress_label`; with the share of
+    `planned_input_bytes` read and the time left when given) is logged and `on_progress`
+    called. Raises MalformedInputError on a malformed record if `strict`, and ValueError if
+    no document is left unless `allow_empty`; then nothing is written under `output_prefix`.
     """
     start = time.perf_counter()
     output_prefix = os.path.abspath(output_prefix)
     os.makedirs(os.path.dirname(output_prefix), exist_ok=True)
-    skip_counts = SkipCounts()
-    documents = iter_documents(sources, json_key=json_key, strict=strict, skip_counts=skip_counts)
+    counts = ReadCounts()
+    documents = iter_documents(sources, strict=strict, counts=counts)
     dtype = DType.optimal_dtype(tokenizer.vocab_size)
-    temporary_prefix = unique_temporary_path(output_prefix)
-    builder = IndexedDatasetBuilder(get_bin_path(temporary_prefix), dtype=dtype)
-    progress = _Progress(start)
-    try:
-        with _tokenized_chunks(_chunked(documents), tokenizer, dtype, workers) as tokenized:
-            for chunk in tokenized:
-                for token_ids in chunk:
-                    builder.add_document(token_ids, [token_ids.size])
-                    progress.add(token_ids.size)
-        if progress.documents == 0:
+    progress = _Progress(start, counts, progress_label, planned_input_bytes, on_progress)
+    with (
+        atomic_indexed_dataset_builder(output_prefix, dtype) as builder,
+        _tokenized_chunks(_chunked(documents), tokenizer, dtype, workers) as tokenized,
+    ):
+        for chunk in tokenized:
+            for token_ids in chunk:
+                builder.add_document(token_ids, [token_ids.size])
+                progress.add(token_ids.size)
+        if progress.documents == 0 and not allow_empty:
             raise ValueError(
-                f"no documents to write to {output_prefix}: {skip_counts.malformed} malformed "
-                f"and {skip_counts.empty} empty ones were skipped"
+                f"no documents to write to {output_prefix}: {counts.malformed} malformed "
+                f"and {counts.empty} empty ones were skipped"
             )
-        builder.finalize(get_idx_path(temporary_prefix))
-        publish_indexed_dataset(temporary_prefix, output_prefix)
-    finally:
-        builder.data_file.close()
-        for path in (get_bin_path(temporary_prefix), get_idx_path(temporary_prefix)):
-            if os.path.exists(path):
-                os.remove(path)
     return PreparationSummary(
         output_prefix=output_prefix,
         documents=progress.documents,
         tokens=progress.tokens,
-        skipped_malformed=skip_counts.malformed,
-        skipped_empty=skip_counts.empty,
+        skipped_malformed=counts.malformed,
+        skipped_empty=counts.empty,
+        input_bytes=counts.input_bytes,
         seconds=time.perf_counter() - start,
     )
 
@@ -128,11 +138,22 @@ def _chunked(documents: Iterator[str]) -> Iterator[list[str]]:
 
 
 class _Progress:
-    """Counts what was written and logs documents/s and tokens/s every few seconds."""
+    """Counts what was written; every few seconds logs the rates and the time left."""
 
-    def __init__(self, start: float) -> None:
+    def __init__(
+        self,
+        start: float,
+        counts: ReadCounts,
+        label: str,
+        planned_input_bytes: int | None,
+        on_progress: Callable[[ProgressReport], None] | None,
+    ) -> None:
         self.start = start
         self.last_report = start
+        self.counts = counts
+        self.label = f"{label}: " if label else ""
+        self.planned_input_bytes = planned_input_bytes
+        self.on_progress = on_progress
         self.documents = 0
         self.tokens = 0
 
@@ -142,14 +163,41 @@ class _Progress:
         now = time.perf_counter()
         if now - self.last_report >= PROGRESS_INTERVAL_SECONDS:
             self.last_report = now
-            elapsed = now - self.start
-            logger.info(
-                "%s documents, %s tokens | %.0f documents/s, %.0f tokens/s",
-                f"{self.documents:,}",
-                f"{self.tokens:,}",
-                self.documents / elapsed,
-                self.tokens / elapsed,
+            self.report(now - self.start)
+
+    def report(self, elapsed: float) -> None:
+        line = (
+            f"{self.label}{self.documents:,} documents, {self.tokens:,} tokens | "
+            f"{self.documents / elapsed:,.0f} documents/s, {self.tokens / elapsed:,.0f} tokens/s"
+        )
+        if self.planned_input_bytes:
+            done = min(self.counts.input_bytes / self.planned_input_bytes, 1.0)
+            left = format_duration(elapsed * (1 - done) / done) if done > 0 else "unknown"
+            line += f" | {done:.1%} of {format_bytes(self.planned_input_bytes)} read, {left} left"
+        logger.info("%s", line)
+        if self.on_progress is not None:
+            self.on_progress(
+                ProgressReport(
+                    documents=self.documents,
+                    tokens=self.tokens,
+                    input_bytes=self.counts.input_bytes,
+                    seconds=elapsed,
+                )
             )
+
+
+def format_duration(seconds: float) -> str:
+    """`seconds` as H:MM:SS (hours unbounded)."""
+    whole = int(round(seconds))
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+def format_bytes(size: float) -> str:
+    """A byte count with a decimal unit (B, kB, MB, GB, TB)."""
+    exponent = min(int(math.log10(max(size, 1)) // 3), 4)
+    if exponent == 0:
+        return f"{size:,.0f} B"
+    return f"{size / 1000**exponent:,.1f} {('kB', 'MB', 'GB', 'TB')[exponent - 1]}"
 
 
 # The tokenizer of a worker process, set once by _initialize_worker: handing it to every

@@ -1,14 +1,19 @@
 """The pretraining sample order: which dataset indices each data-parallel rank reads.
 
-Megatron-Core has no sampler (Megatron-LM keeps its MegatronPretrainingSampler in the
-training scripts); this is the same order. The datasets are already shuffled, so samples
-are read in index order: micro step m of the whole job covers the
-micro_batch_size * data_parallel_size indices starting at
-consumed_samples + m * micro_batch_size * data_parallel_size, and rank r takes the r-th
-micro_batch_size of them. Resuming with consumed_samples = k (counted over all ranks)
-continues exactly where a run that had consumed k samples was.
+The order is Megatron-LM's MegatronPretrainingSampler, which the megatron-core wheel ships
+in `megatron.training.datasets.data_samplers` (Megatron-LM's training package, installed
+beside `megatron.core`): the datasets are already shuffled, so samples are read in index
+order; micro step m of the whole job covers the micro_batch_size * data_parallel_size
+indices starting at consumed_samples + m * micro_batch_size * data_parallel_size, and rank
+r takes the r-th micro_batch_size of them. Resuming with consumed_samples = k (counted over
+all ranks) continues exactly where a run that had consumed k samples was.
+
+What this wrapper adds: ValueErrors naming the bad argument (Megatron-LM asserts), a
+len() that counts micro batches (Megatron-LM's counts samples), and an import that leaves
+the root logger alone (see _megatron_pretraining_sampler).
 """
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -52,18 +57,29 @@ class PretrainingBatchSampler:
                 f"data_parallel_rank < data_parallel_size={self.data_parallel_size}"
             )
 
-    @property
-    def _samples_per_micro_step(self) -> int:
-        return self.micro_batch_size * self.data_parallel_size
-
     def __len__(self) -> int:
-        return (self.total_samples - self.consumed_samples) // self._samples_per_micro_step
+        samples_per_micro_step = self.micro_batch_size * self.data_parallel_size
+        return (self.total_samples - self.consumed_samples) // samples_per_micro_step
 
     def __iter__(self) -> Iterator[list[int]]:
-        for micro_step in range(len(self)):
-            first = (
-                self.consumed_samples
-                + micro_step * self._samples_per_micro_step
-                + self.data_parallel_rank * self.micro_batch_size
-            )
-            yield list(range(first, first + self.micro_batch_size))
+        sampler = _megatron_pretraining_sampler()(
+            total_samples=self.total_samples,
+            consumed_samples=self.consumed_samples,
+            micro_batch_size=self.micro_batch_size,
+            data_parallel_rank=self.data_parallel_rank,
+            data_parallel_size=self.data_parallel_size,
+            drop_last=True,
+        )
+        return iter(sampler)
+
+
+def _megatron_pretraining_sampler() -> type:
+    # Importing megatron.training runs logging.basicConfig(handlers=[a stdout handler],
+    # level=INFO) on the root logger (megatron/training/training.py), which would print
+    # every library's INFO records in our entry points: undo that.
+    handlers, level = list(logging.root.handlers), logging.root.level
+    from megatron.training.datasets.data_samplers import MegatronPretrainingSampler
+
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
+    return MegatronPretrainingSampler

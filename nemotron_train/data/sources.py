@@ -1,18 +1,20 @@
-"""Readers that turn input files into one stream of documents, counting what they skip.
+"""Readers that turn input sources into one stream of documents, counting what they skip.
 
-Input kinds, chosen per path:
+Source kinds (inputs.py chooses them from the command line's paths):
 
-- `stdlib`: the embedded corpus (see stdlib_corpus.py); pass ./stdlib for a file of that name;
-- `.jsonl`, `.ndjson`, `.json`: JSON Lines, one object per line, text under a key;
-- `.parquet`: a text column (needs pyarrow);
-- a directory holding `dataset_info.json` or `dataset_dict.json`: a Hugging Face `datasets`
-  directory written by `save_to_disk` (needs datasets), every split in name order;
-- any other directory: its files, recursively in sorted order, hidden ones left out;
-- any other file: plain UTF-8 text, one document per file.
+- "jsonl": JSON Lines, one object per line, the text under the source's key; plain, or
+  gzip/zstd compressed and read as a stream; a plain file may be read as a byte range
+  (the lines that start inside it), which is how one huge file is split between shards;
+- "parquet": a text column (needs pyarrow);
+- "hf_dataset": a Hugging Face `datasets` directory written by `save_to_disk` (needs
+  datasets), every split in name order;
+- "text": a plain UTF-8 text file, possibly compressed, one document per file.
 
 A malformed record (bad JSON, a missing or non-string text field, undecodable bytes) is
-reported with its file and line and skipped, or, in strict mode, raises MalformedInputError.
-Documents that are empty or whitespace only are skipped and counted.
+reported with its file and line (byte offset in a byte range) and skipped, or, in strict
+mode, raises MalformedInputError. Documents that are empty or whitespace only are skipped
+and counted. A file that cannot be read raises InputReadError naming it; corrupt
+compressed data raises CorruptInputError naming the file and the byte offset.
 """
 
 import json
@@ -20,16 +22,13 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
+from nemotron_train.data.compressed_streams import open_input_stream
 from nemotron_train.data.optional_packages import require_package
-from nemotron_train.data.stdlib_corpus import stdlib_source_files
 
 logger = logging.getLogger(__name__)
 
-STDLIB_INPUT = "stdlib"
-JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")
-HUGGING_FACE_DATASET_MARKERS = ("dataset_info.json", "dataset_dict.json")
+SOURCE_KINDS = ("jsonl", "parquet", "hf_dataset", "text")
 # Rows fetched per read from Parquet and Arrow files: bounded memory, few Python calls.
 ROWS_PER_BATCH = 1024
 
@@ -38,72 +37,49 @@ class MalformedInputError(ValueError):
     """A malformed input record in strict mode; the message starts with file:line."""
 
 
+class InputReadError(ValueError):
+    """An input file that cannot be opened or read; the message names it and the reason."""
+
+
 @dataclass(frozen=True)
 class InputSource:
-    """One input to read."""
+    """One input to read, or a byte range of one."""
 
     kind: str
-    """How to read it: "jsonl", "parquet", "hf_dataset" or "text"."""
+    """How to read it: one of SOURCE_KINDS."""
     path: str
     """The file, or for "hf_dataset" the directory."""
+    json_key: str = "text"
+    """The JSON field (jsonl) or column (parquet, hf_dataset) holding the text."""
+    codec: str | None = None
+    """"gzip" or "zstd" for a compressed file read as a stream; None: plain."""
+    start: int = 0
+    """Plain jsonl only: read the lines that start at or after this byte offset..."""
+    end: int | None = None
+    """...and before this one; None: to the end of the file."""
+
+    @property
+    def is_byte_range(self) -> bool:
+        """Whether this is a part of a file rather than all of it."""
+        return self.start > 0 or self.end is not None
 
 
 @dataclass
-class SkipCounts:
-    """How many records the readers skipped, by reason."""
+class ReadCounts:
+    """What the readers read and skipped so far."""
 
     malformed: int = 0
     """Records that could not be read as text (bad JSON, missing field, undecodable bytes)."""
     empty: int = 0
     """Documents that were empty or whitespace only."""
-
-
-def expand_inputs(
-    paths: Iterable[str], *, stdlib_max_files: int | None = None
-) -> list[InputSource]:
-    """The input sources behind command-line paths, directories expanded in sorted order."""
-    sources = []
-    for path in paths:
-        if path == STDLIB_INPUT:
-            sources.extend(
-                InputSource("text", str(file)) for file in stdlib_source_files(stdlib_max_files)
-            )
-        elif os.path.isdir(path):
-            if any(
-                os.path.isfile(os.path.join(path, marker))
-                for marker in HUGGING_FACE_DATASET_MARKERS
-            ):
-                sources.append(InputSource("hf_dataset", path))
-            else:
-                sources.extend(_source_for_file(str(file)) for file in _visible_files(Path(path)))
-        elif os.path.isfile(path):
-            sources.append(_source_for_file(path))
-        else:
-            raise FileNotFoundError(f"input {path!r}: no such file or directory")
-    return sources
-
-
-def _visible_files(directory: Path) -> list[Path]:
-    files = []
-    for path in directory.rglob("*"):
-        hidden = any(part.startswith(".") for part in path.relative_to(directory).parts)
-        if path.is_file() and not hidden:
-            files.append(path)
-    return sorted(files, key=lambda path: path.as_posix())
-
-
-def _source_for_file(path: str) -> InputSource:
-    if path.endswith(JSON_LINES_SUFFIXES):
-        return InputSource("jsonl", path)
-    if path.endswith(".parquet"):
-        return InputSource("parquet", path)
-    return InputSource("text", path)
+    input_bytes: int = 0
+    """Bytes of the input files consumed (compressed bytes for compressed files)."""
 
 
 def iter_documents(
-    sources: Iterable[InputSource], *, json_key: str, strict: bool, skip_counts: SkipCounts
+    sources: Iterable[InputSource], *, strict: bool, counts: ReadCounts
 ) -> Iterator[str]:
-    """The non-empty documents of `sources` in order; skipped ones are added to `skip_counts`."""
+    """The non-empty documents of `sources` in order; skips and bytes read go to `counts`."""
     readers = {
         "jsonl": _read_json_lines,
         "parquet": _read_parquet,
@@ -111,17 +87,26 @@ def iter_documents(
         "text": _read_text_file,
     }
     for source in sources:
-        for location, document in readers[source.kind](source.path, json_key):
-            if isinstance(document, _Malformed):
-                message = f"{location}: {document.reason}"
-                if strict:
-                    raise MalformedInputError(message)
-                skip_counts.malformed += 1
-                logger.warning("skipping malformed record %s", message)
-            elif not document.strip():
-                skip_counts.empty += 1
-            else:
-                yield document
+        bytes_before = counts.input_bytes
+        try:
+            for location, document, consumed in readers[source.kind](source):
+                counts.input_bytes = bytes_before + consumed
+                if isinstance(document, _Malformed):
+                    message = f"{location}: {document.reason}"
+                    if strict:
+                        raise MalformedInputError(message)
+                    counts.malformed += 1
+                    logger.warning("skipping malformed record %s", message)
+                elif not document.strip():
+                    counts.empty += 1
+                else:
+                    yield document
+        except OSError as error:
+            # The offset of the last record read whole: for compressed files a compressed one.
+            offset = source.start + counts.input_bytes - bytes_before
+            raise InputReadError(
+                f"{source.path}: reading failed after byte {offset}: {error.strerror or error}"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -131,82 +116,123 @@ class _Malformed:
     reason: str
 
 
-# The readers share one signature, (path, json_key) -> (location, document or _Malformed).
+# The readers share one signature: source -> (location, document or _Malformed, bytes of the
+# source consumed so far).
 
 
-def _read_json_lines(path: str, json_key: str) -> Iterator[tuple[str, str | _Malformed]]:
-    with open(path, "rb") as lines:
+def _read_json_lines(source: InputSource) -> Iterator[tuple[str, str | _Malformed, int]]:
+    if source.is_byte_range:
+        yield from _read_json_line_range(source)
+        return
+    with open_input_stream(source.path, source.codec) as lines:
+        compressed = source.codec is not None
+        consumed = 0
         for line_number, line in enumerate(lines, start=1):
-            location = f"{path}:{line_number}"
-            if not line.strip():
-                yield location, ""
-                continue
-            try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                yield location, _Malformed(f"not a JSON line ({error})")
-                continue
-            if not isinstance(record, dict) or json_key not in record:
-                yield location, _Malformed(f"no {json_key!r} field")
-            elif record[json_key] is None:
-                yield location, ""
-            elif not isinstance(record[json_key], str):
-                yield location, _Malformed(f"field {json_key!r} is not a string")
-            else:
-                yield location, record[json_key]
+            consumed = lines.raw.compressed_offset if compressed else consumed + len(line)
+            yield f"{source.path}:{line_number}", _json_line_text(line, source.json_key), consumed
 
 
-def _read_text_file(path: str, json_key: str) -> Iterator[tuple[str, str | _Malformed]]:
-    with open(path, "rb") as text_file:
-        data = text_file.read()
+def _read_json_line_range(source: InputSource) -> Iterator[tuple[str, str | _Malformed, int]]:
+    # A line belongs to the range its first byte lies in, so that consecutive ranges of a
+    # file read every line exactly once.
+    with open(source.path, "rb") as lines:
+        position = source.start
+        if position > 0:
+            lines.seek(position - 1)
+            if lines.read(1) != b"\n":
+                position += len(lines.readline())
+        while source.end is None or position < source.end:
+            line = lines.readline()
+            if not line:
+                break
+            text = _json_line_text(line, source.json_key)
+            yield f"{source.path}:byte {position}", text, position + len(line) - source.start
+            position += len(line)
+
+
+def _json_line_text(line: bytes, json_key: str) -> str | _Malformed:
+    if not line.strip():
+        return ""
     try:
-        yield path, data.decode("utf-8")
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return _Malformed(f"not a JSON line ({error})")
+    if not isinstance(record, dict) or json_key not in record:
+        return _Malformed(f"no {json_key!r} field")
+    text = record[json_key]
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        return _Malformed(f"field {json_key!r} is not a string")
+    return text
+
+
+def _read_text_file(source: InputSource) -> Iterator[tuple[str, str | _Malformed, int]]:
+    with open_input_stream(source.path, source.codec) as text_file:
+        data = text_file.read()
+    size = os.path.getsize(source.path)
+    try:
+        yield source.path, data.decode("utf-8"), size
     except UnicodeDecodeError as error:
-        yield path, _Malformed(f"not UTF-8 text ({error})")
+        yield source.path, _Malformed(f"not UTF-8 text ({error})"), size
 
 
-def _read_parquet(path: str, json_key: str) -> Iterator[tuple[str, str | _Malformed]]:
+def _read_parquet(source: InputSource) -> Iterator[tuple[str, str | _Malformed, int]]:
     require_package("pyarrow", "Parquet input")
     import pyarrow.parquet
 
-    parquet_file = pyarrow.parquet.ParquetFile(path)
-    if json_key not in parquet_file.schema_arrow.names:
+    parquet_file = pyarrow.parquet.ParquetFile(source.path)
+    key = source.json_key
+    if key not in parquet_file.schema_arrow.names:
         raise ValueError(
-            f"{path} has no column {json_key!r}; its columns: {parquet_file.schema_arrow.names}"
+            f"{source.path} has no column {key!r}; its columns: {parquet_file.schema_arrow.names}"
         )
+    size, rows = os.path.getsize(source.path), max(parquet_file.metadata.num_rows, 1)
     row_number = 0
-    for batch in parquet_file.iter_batches(batch_size=ROWS_PER_BATCH, columns=[json_key]):
+    for batch in parquet_file.iter_batches(batch_size=ROWS_PER_BATCH, columns=[key]):
         for text in batch.column(0).to_pylist():
             row_number += 1
-            yield from _text_cell(f"{path}:row {row_number}", text, json_key)
+            location = f"{source.path}:row {row_number}"
+            yield location, _text_cell(text, key), size * row_number // rows
 
 
-def _read_hugging_face_dataset(path: str, json_key: str) -> Iterator[tuple[str, str | _Malformed]]:
+def _read_hugging_face_dataset(source: InputSource) -> Iterator[tuple[str, str | _Malformed, int]]:
     require_package("datasets", "Hugging Face datasets directory input")
     import datasets
 
-    loaded = datasets.load_from_disk(path)
+    loaded = datasets.load_from_disk(source.path)
     splits = sorted(loaded.items()) if isinstance(loaded, datasets.DatasetDict) else [("", loaded)]
+    key = source.json_key
+    size, rows = directory_size(source.path), max(sum(len(split) for _, split in splits), 1)
+    rows_read = 0
     for split_name, dataset in splits:
-        if json_key not in dataset.column_names:
+        if key not in dataset.column_names:
             raise ValueError(
-                f"{path} {split_name} has no column {json_key!r}; "
+                f"{source.path} {split_name} has no column {key!r}; "
                 f"its columns: {dataset.column_names}"
             )
-        location_prefix = f"{path}[{split_name}]" if split_name else path
+        location_prefix = f"{source.path}[{split_name}]" if split_name else source.path
         row_number = 0
-        for batch in dataset.select_columns([json_key]).iter(batch_size=ROWS_PER_BATCH):
-            for text in batch[json_key]:
+        for batch in dataset.select_columns([key]).iter(batch_size=ROWS_PER_BATCH):
+            for text in batch[key]:
                 row_number += 1
-                yield from _text_cell(f"{location_prefix}:row {row_number}", text, json_key)
+                rows_read += 1
+                location = f"{location_prefix}:row {row_number}"
+                yield location, _text_cell(text, key), size * rows_read // rows
 
 
-def _text_cell(
-    location: str, text: object, json_key: str
-) -> Iterator[tuple[str, str | _Malformed]]:
+def directory_size(path: str) -> int:
+    """Bytes of the files under a directory (a Hugging Face dataset's size on disk)."""
+    return sum(
+        os.path.getsize(os.path.join(directory, name))
+        for directory, _, names in os.walk(path)
+        for name in names
+    )
+
+
+def _text_cell(text: object, json_key: str) -> str | _Malformed:
     if text is None:
-        yield location, ""
-    elif isinstance(text, str):
-        yield location, text
-    else:
-        yield location, _Malformed(f"column {json_key!r} is not text")
+        return ""
+    if isinstance(text, str):
+        return text
+    return _Malformed(f"column {json_key!r} is not text")

@@ -61,8 +61,13 @@ class SlurmJob:
 
     def shell_command(self, code_dir: Path) -> str:
         """The submission as one shell line, environment included (what --dry-run prints)."""
-        assignments = [f"{key}={shlex.quote(value)}" for key, value in sorted(self.environment.items())]
-        return " ".join(assignments + [shlex.quote(part) for part in self.sbatch_command(code_dir)])
+        return shell_line(self.environment, self.sbatch_command(code_dir))
+
+
+def shell_line(environment: dict, argv: list) -> str:
+    """`argv` as one shell line, preceded by the `environment` assignments, all quoted."""
+    assignments = [f"{key}={shlex.quote(value)}" for key, value in sorted(environment.items())]
+    return " ".join(assignments + [shlex.quote(str(part)) for part in argv])
 
 
 def job_name(base: str, swept: dict) -> str:
@@ -83,8 +88,9 @@ def job_shape(config: RunConfig, gpus: bool) -> dict:
     return dict(nodes=nodes, tasks_per_node=tasks_per_node, gpus_per_node=tasks_per_node if gpus else 0)
 
 
-def submit(job: SlurmJob, code_dir: Path) -> str:
-    """Submit `job` and return its job id."""
+def submit(job, code_dir: Path) -> str:
+    """Submit `job` (a SlurmJob, or anything with its name, log_dir, environment and
+    sbatch_command) and return its job id."""
     if shutil.which("sbatch") is None:
         raise SubmitError("sbatch is not on PATH: launch from a Slurm login node")
     job.log_dir.mkdir(parents=True, exist_ok=True)

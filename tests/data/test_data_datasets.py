@@ -1,7 +1,10 @@
 import itertools
+import logging
 import math
 import multiprocessing
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,22 +115,49 @@ def test_data_parallel_ranks_split_each_global_micro_batch_in_rank_order(
         )
 
 
-def test_sampler_gives_ranks_disjoint_indices_covering_each_micro_step():
+@pytest.mark.parametrize(
+    "total, consumed, micro_batch_size, data_parallel_size",
+    [(103, 5, 3, 4), (64, 0, 4, 2), (10, 9, 1, 1), (1000, 333, 2, 8), (12, 0, 4, 4)],
+)
+def test_sampler_gives_ranks_disjoint_indices_covering_each_micro_step(
+    total, consumed, micro_batch_size, data_parallel_size
+):
+    # The order Megatron-LM's MegatronPretrainingSampler (which the sampler iterates) is
+    # documented to give: micro step m covers the next micro_batch_size * dp indices after
+    # consumed + m * micro_batch_size * dp, split among the ranks in rank order.
     def indices(rank):
         sampler = PretrainingBatchSampler(
-            total_samples=103,
-            consumed_samples=5,
-            micro_batch_size=3,
+            total_samples=total,
+            consumed_samples=consumed,
+            micro_batch_size=micro_batch_size,
             data_parallel_rank=rank,
-            data_parallel_size=4,
+            data_parallel_size=data_parallel_size,
         )
-        return list(sampler)
+        assert len(sampler) == (total - consumed) // (micro_batch_size * data_parallel_size)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        return batches
 
-    per_rank = [indices(rank) for rank in range(4)]
-    assert all(len(batches) == (103 - 5) // 12 for batches in per_rank)
+    per_rank = [indices(rank) for rank in range(data_parallel_size)]
+    step_size = micro_batch_size * data_parallel_size
     for step, batches in enumerate(zip(*per_rank, strict=True)):
         flattened = [index for batch in batches for index in batch]
-        assert flattened == list(range(5 + 12 * step, 5 + 12 * (step + 1)))
+        assert flattened == list(range(consumed + step_size * step, consumed + step_size * (step + 1)))
+
+
+def test_iterating_the_sampler_leaves_the_root_logger_alone():
+    # Importing megatron.training (where the sampler lives) configures the root logger.
+    probe = (
+        "import logging\n"
+        "from nemotron_train.data.sampler import PretrainingBatchSampler\n"
+        "sampler = PretrainingBatchSampler(total_samples=8, consumed_samples=0, micro_batch_size=2,"
+        " data_parallel_rank=0, data_parallel_size=1)\n"
+        "assert list(sampler)[0] == [0, 1]\n"
+        "import megatron.training\n"
+        "print(len(logging.root.handlers), logging.root.level)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["0", str(logging.WARNING)]
 
 
 def test_sampler_rejects_an_exhausted_dataset():

@@ -2,6 +2,7 @@ import base64
 import json
 import logging
 import os
+import re
 
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
@@ -9,7 +10,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from data_prep.__main__ import build_parser, main
 from nemotron_train.data import preparation
 from nemotron_train.data.config import TokenizerConfig
-from nemotron_train.data.sources import expand_inputs
+from nemotron_train.data.inputs import expand_inputs
 from nemotron_train.data.stdlib_corpus import stdlib_source_files
 from nemotron_train.data.tokenizer import build_tokenizer
 
@@ -207,7 +208,7 @@ def test_help_documents_every_option():
     parser = build_parser()
     help_text = parser.format_help()
     options = [action for action in parser._actions if action.option_strings != ["-h", "--help"]]
-    assert len(options) == 12
+    assert len(options) == 15
     for action in options:
         assert action.help, f"{action.option_strings} has no help text"
         assert all(option in help_text for option in action.option_strings)
@@ -232,3 +233,79 @@ def test_tiktoken_options_reach_the_tokenizer(tmp_path, capsys):
     assert main(arguments + ["--tiktoken-pattern", "v1"]) == 0, capsys.readouterr().err
     # Byte b has rank b, shifted past the 10 reserved ids; </s> is Megatron-Core's special 2.
     assert _read_back(tmp_path / "out") == [[10 + ord("a"), 10 + ord("b"), 10 + ord("c"), 2]]
+
+
+def test_sharded_run_merge_blend_and_status_through_the_command_line(
+    tmp_path, capsys, caplog, tokenizer_json
+):
+    documents = [f"document number {index} " * (index % 7 + 1) for index in range(60)]
+    first = _write_jsonl(tmp_path / "first.jsonl", [json.dumps({"text": d}) for d in documents[:40]])
+    second = _write_jsonl(tmp_path / "second.jsonl", [json.dumps({"body": d}) for d in documents[40:]])
+    inputs, keys = [first, second], ["--json-key", "text", "body"]
+    exit_code, _ = _run(capsys, tokenizer_json, inputs, tmp_path / "single", *keys)
+    assert exit_code == 0
+    prefix = tmp_path / "sharded" / "corpus"
+    exit_code, stderr = _run(capsys, tokenizer_json, inputs, prefix, *keys, "--num-shards", "3",
+                             "--shard-index", "1")
+    assert exit_code == 0 and "all shards: 1/3 finished" in stderr
+    with caplog.at_level(logging.INFO):
+        exit_code, stderr = _run(capsys, tokenizer_json, inputs, prefix, *keys, "--num-shards", "3")
+    assert exit_code == 0
+    assert "shard 1/3: finished earlier" in caplog.text and "every shard is finished" in stderr
+    assert main(["status", "--output-prefix", str(prefix)]) == 0
+    status = capsys.readouterr().out
+    assert status.count(": finished ") == 3 and "all shards: 3/3 finished" in status
+    assert main(["merge", "--output-prefix", str(prefix)]) == 0
+    assert "merged 3 shards: 60 documents" in capsys.readouterr().err
+    for suffix in (".bin", ".idx"):
+        assert (tmp_path / f"sharded/corpus{suffix}").read_bytes() == (tmp_path / f"single{suffix}").read_bytes()
+    blend = tmp_path / "configs" / "data" / "corpus.yaml"
+    assert main(["blend", "--output-prefix", str(prefix), "--output", str(blend)]) == 0
+    assert "corpus: prefixes" in blend.read_text() and "type: huggingface" in blend.read_text()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--shard-index", "0"], "--shard-index needs --num-shards"),
+        (["--num-shards", "2", "--shard-index", "2"], "--shard-index=2 is invalid"),
+        (["--num-shards", "0"], "--num-shards=0 is invalid"),
+        (["--json-key", "a", "b", "c"], "--json-key has 3 keys for 1 inputs"),
+    ],
+)
+def test_bad_shard_options_are_refused_with_usage(tmp_path, capsys, tokenizer_json, extra, message):
+    inputs = _write_jsonl(tmp_path / "in.jsonl", ['{"text": "x"}'])
+    with pytest.raises(SystemExit) as exit_info:
+        _run(capsys, tokenizer_json, [inputs], tmp_path / "out", *extra)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_merge_of_a_preparation_that_never_started_says_so(tmp_path, capsys):
+    assert main(["merge", "--output-prefix", str(tmp_path / "none")]) == 1
+    assert f"{tmp_path / 'none'}.plan.json does not exist" in capsys.readouterr().err
+
+
+def test_a_corrupt_compressed_input_fails_the_run_naming_file_and_offset(tmp_path, capsys, tokenizer_json):
+    zstandard = pytest.importorskip("zstandard")
+    frame = zstandard.ZstdCompressor(write_checksum=True).compress(b'{"text": "good words"}\n' * 50)
+    damaged = bytearray(frame + frame)
+    damaged[-10] ^= 0xFF
+    path = tmp_path / "in.jsonl.zst"
+    path.write_bytes(bytes(damaged))
+    exit_code, stderr = _run(capsys, tokenizer_json, [path], tmp_path / "out")
+    assert exit_code == 1
+    assert f"{path}: corrupt zstd frame starting at byte {len(frame)}" in stderr
+    assert not os.path.exists(tmp_path / "out.idx") and not os.path.exists(tmp_path / "out.bin")
+
+
+def test_progress_of_a_shard_reports_the_share_read_and_the_time_left(
+    tmp_path, capsys, caplog, tokenizer_json, monkeypatch
+):
+    monkeypatch.setattr(preparation, "PROGRESS_INTERVAL_SECONDS", 0.0)
+    inputs = _write_jsonl(tmp_path / "in.jsonl", ['{"text": "some words"}'] * 200)
+    with caplog.at_level(logging.INFO):
+        exit_code, _ = _run(capsys, tokenizer_json, [inputs], tmp_path / "out", "--num-shards", "2",
+                            "--shard-index", "0")
+    assert exit_code == 0
+    assert re.search(r"shard 0/2: [\d,]+ documents, [\d,]+ tokens \| .* tokens/s \| [\d.]+% of "
+                     r"[\d.]+ kB read, \d+:\d\d:\d\d left", caplog.text)

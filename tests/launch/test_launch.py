@@ -148,3 +148,73 @@ def test_each_task_gets_torch_distributed_ranks_from_slurm():
     variables = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     assert {key: variables[key] for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")} == {
         "RANK": "11", "WORLD_SIZE": "16", "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "8"}
+
+
+def test_data_prep_plans_here_then_submits_one_array_task_per_shard(recording_bin, tmp_path, capsys,
+                                                                    tokenizer_json):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"document {index}"}) + "\n" for index in range(50)))
+    prefix = tmp_path / "out" / "corpus"
+    data_prep_arguments = ["--input", str(corpus), "--output-prefix", str(prefix),
+                           "--tokenizer-type", "huggingface", "--tokenizer-path", tokenizer_json,
+                           "--eod-token", "</s>"]
+    main(["data-prep", "--num-shards", "4", "--cpus-per-task", "6", "--max-running", "2",
+          "--venv", sys.prefix, "--logs-dir", str(tmp_path / "logs"), "--time=01:00:00", "--",
+          *data_prep_arguments])
+    plan = json.loads((tmp_path / "out" / "corpus.plan.json").read_text())
+    assert plan["num_shards"] == 4 and plan["inputs"] == [str(corpus)]
+    [call] = recording_bin("sbatch")
+    script = str(REPO / "launch" / "slurm" / "data_prep.sbatch")
+    assert call["argv"] == ["--parsable", "--job-name=data-prep", "--array=0-3%2", "--cpus-per-task=6",
+                            f"--output={tmp_path / 'logs'}/%x-%A_%a.out", "--time=01:00:00", script,
+                            *data_prep_arguments, "--num-shards", "4"]
+    assert call["env"]["NEMOTRON_VENV"] == sys.prefix and call["env"]["NEMOTRON_CODE_DIR"] == str(REPO)
+    printed = capsys.readouterr().out
+    assert "submitted array job 1001: data-prep, 4 shards, 2 at a time, 6 CPUs each" in printed
+    assert f"python -m data_prep merge --output-prefix {prefix}" in printed
+
+
+@pytest.mark.parametrize("data_prep_arguments, message", [
+    (["--input", "/no/such/corpus.jsonl", "--output-prefix", "/tmp/never"], "no such file or directory"),
+    (["--input", "x.jsonl", "--output-prefix", "/tmp/never", "--workers", "4"], "the launcher sets"),
+    ([], "give python -m data_prep's arguments after `--`"),
+])
+def test_data_prep_with_bad_arguments_submits_nothing(recording_bin, capsys, data_prep_arguments, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data-prep", "--num-shards", "2", "--", *data_prep_arguments])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert recording_bin("sbatch") == []
+
+
+def array_task_environment(tmp_path: Path, **extra) -> dict:
+    return {**os.environ, "SLURM_SUBMIT_DIR": str(REPO), "SLURM_ARRAY_JOB_ID": "777", "SLURM_JOB_ID": "780",
+            "SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "8", "SLURM_CPUS_PER_TASK": "4",
+            "HOME": str(tmp_path / "home"), **extra}
+
+
+@pytest.mark.parametrize("arguments, appended", [
+    (["--input", "/raw", "--output-prefix", "/data/web"], ["--num-shards", "8", "--workers", "4"]),
+    # A rerun of some shards keeps the full shard count (array 3,17 of 64) and its own workers.
+    (["--input", "/raw", "--num-shards=64", "--workers", "2"], []),
+])
+def test_data_prep_sbatch_runs_its_shard_in_the_container(recording_bin, tmp_path, arguments, appended):
+    environment = array_task_environment(tmp_path, NEMOTRON_CONTAINER_IMAGE="/shared/image.sqsh",
+                                         NEMOTRON_DATA_DIR="/lustre/data")
+    result = subprocess.run(["bash", str(REPO / "launch" / "slurm" / "data_prep.sbatch"), *arguments],
+                            env=environment, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    [srun] = recording_bin("srun")
+    cache = tmp_path / "home" / ".cache" / "nemotron_train"
+    assert srun["argv"] == [
+        "--container-image=/shared/image.sqsh",
+        f"--container-mounts={REPO}:{REPO},{cache}:{cache},/lustre/data:/lustre/data",
+        f"--container-workdir={REPO}", "--no-container-mount-home",
+        "python", "-m", "data_prep", *arguments, "--shard-index", "3", *appended]
+
+
+def test_data_prep_sbatch_outside_an_array_says_how_to_submit(tmp_path):
+    environment = {key: value for key, value in array_task_environment(tmp_path).items()
+                   if key != "SLURM_ARRAY_TASK_ID"}
+    result = subprocess.run(["bash", str(REPO / "launch" / "slurm" / "data_prep.sbatch"), "--input", "x"],
+                            env=environment, capture_output=True, text=True)
+    assert result.returncode == 2 and "submit as a job array" in result.stderr

@@ -111,4 +111,6 @@ class CheckpointTensorReader:
                 request[name] = dataclasses.replace(entry, data=data)
             else:
                 request[name] = dataclasses.replace(entry, data=data, dtype=dtype)
+        # Whole tensors only: at world size 1 Megatron-Core's loader cannot read part of one
+        # stored in several shards (an expert subset of a MoE layer), so a unit is one layer.
         return dist_checkpointing.load({MODEL_KEY: request}, self.directory)[MODEL_KEY]

@@ -26,7 +26,7 @@ from nemotron_train.convert.checkpoint_tensors import (
 from nemotron_train.convert.hf_config import ImportedModel, model_from_hf
 from nemotron_train.convert.output_dir import atomic_output_dir, check_new_output
 from nemotron_train.convert.safetensors_io import SafetensorsReader
-from nemotron_train.convert.tensor_mapping import conversion_units, from_hf, to_hf
+from nemotron_train.convert.tensor_mapping import HF_NAME_ALIASES, conversion_units, from_hf, to_hf
 from nemotron_train.data.config import DataConfig, TokenizerConfig
 from nemotron_train.training.checkpoint import LATEST_FILE, iteration_dir
 
@@ -45,8 +45,14 @@ def read_hf_config(hf_dir: Path) -> dict:
         raise ConfigError("file", str(path), f"is not valid JSON ({error})") from None
 
 
+def stored_name(reader: SafetensorsReader, name: str) -> str:
+    """The name `name` is stored under: itself, or an alias some writers use for it."""
+    alias = HF_NAME_ALIASES.get(name)
+    return alias if name not in reader and alias in reader else name
+
+
 def _check_tensor_names(reader: SafetensorsReader, units, hf_dir: Path) -> None:
-    wanted = {name for unit in units for mapping in unit.tensors for name in mapping.hf}
+    wanted = {stored_name(reader, name) for unit in units for mapping in unit.tensors for name in mapping.hf}
     missing = sorted(wanted - set(reader.infos))
     if missing:
         raise ConfigError("--hf-dir", str(hf_dir),
@@ -68,6 +74,7 @@ def _tensor_source(reader: SafetensorsReader, units, model, shapes: dict):
     for mapping in mappings.values():
         expected = to_hf(mapping, torch.empty(shapes[mapping.ours], device="meta"), model)
         for name, tensor in zip(mapping.hf, expected):
+            name = stored_name(reader, name)
             found = reader.infos[name].shape
             if tuple(found) != tuple(tensor.shape):
                 raise ConfigError("file", str(reader.infos[name].file),
@@ -76,7 +83,7 @@ def _tensor_source(reader: SafetensorsReader, units, model, shapes: dict):
 
     def tensor_for(name: str):
         mapping = mappings[name]
-        return from_hf(mapping, [reader.tensor(n) for n in mapping.hf], model)
+        return from_hf(mapping, [reader.tensor(stored_name(reader, n)) for n in mapping.hf], model)
 
     return tensor_for
 

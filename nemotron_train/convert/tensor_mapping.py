@@ -18,6 +18,9 @@ import torch
 from nemotron_train.model.config import HybridModelConfig
 
 COPY, QKV = "copy", "qkv"
+# Other names some writers use for a released tensor: transformers 5.13-5.15 save the
+# embedding as `backbone.embedding.weight` (their loader renames it back).
+HF_NAME_ALIASES = {"backbone.embeddings.weight": "backbone.embedding.weight"}
 
 
 @dataclass(frozen=True)

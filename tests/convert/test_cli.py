@@ -153,3 +153,16 @@ def test_a_failure_halfway_through_an_export_leaves_nothing(imported, tmp_path, 
     with pytest.raises(OSError, match="disk full"):
         export_module.export_hf(imported, tmp_path / "out", log=lambda line: None)
     assert len(written) == 5 and no_output_left(tmp_path / "out")
+
+
+
+def test_the_embedding_name_of_transformers_5_13_to_5_15_is_read(hf_dir, tmp_path):
+    copy = copy_of(hf_dir, tmp_path)
+    tensors = load_file(str(copy / "model.safetensors"))
+    tensors["backbone.embedding.weight"] = tensors.pop("backbone.embeddings.weight")
+    save_file(tensors, str(copy / "model.safetensors"), metadata={"format": "pt"})
+    assert main(["import-hf", "--hf-dir", str(copy), "--output", str(tmp_path / "ours")]) == 0
+    assert main(["export-hf", "--checkpoint", str(tmp_path / "ours"), "--output", str(tmp_path / "back"),
+                 "--dtype", "fp32"]) == 0
+    back = load_file(str(tmp_path / "back" / "model.safetensors"))
+    assert torch.equal(back["backbone.embeddings.weight"], tensors["backbone.embedding.weight"])

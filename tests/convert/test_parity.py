@@ -5,9 +5,9 @@ transformers'. Tolerance: max |diff| / max |logit| <= 1e-5 in float32. The two
 implementations compute the same function in different summation orders (one fused QKV
 GEMM against three, Megatron-Core's expert dispatch against transformers' expert loop, our
 chunked SSD scan against transformers' own, with the same chunk size but different
-einsum contractions), which leaves differences of a few float32 ulps per operation, about
-1e-7 relative at this depth; 1e-5 is two orders above that and far below what any layout
-mistake gives (a transposed or misordered block changes logits by their own size).
+einsum contractions), which leaves differences of a few float32 ulps per operation: 7e-7 to
+8e-7 of the largest logit here (measured); 1e-5 is an order above that and far below what any
+layout mistake gives (a transposed or misordered block changes logits by their own size).
 The sequence length 37 is not a multiple of the Mamba chunk size 16.
 """
 

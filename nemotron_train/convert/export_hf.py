@@ -12,7 +12,9 @@ import shutil
 import time
 from pathlib import Path
 
+import tokenizers
 import torch
+from megatron.core import dist_checkpointing
 
 from nemotron_train.config.errors import ConfigError
 from nemotron_train.convert.checkpoint_source import resolve_source
@@ -45,8 +47,6 @@ def _token_ids(config) -> dict:
     tokenizer = config.data.tokenizer
     if tokenizer.type != "huggingface":
         return {}
-    import tokenizers
-
     eod = tokenizers.Tokenizer.from_file(tokenizer.path).token_to_id(tokenizer.eod_token)
     return {} if eod is None else {"eos_token_id": eod}
 
@@ -78,8 +78,6 @@ def export_hf(checkpoint, output, *, config_file=None, dtype: str = "bf16",
     started = time.perf_counter()
     with atomic_output_dir(output) as partial:
         with conversion_session():
-            from megatron.core import dist_checkpointing
-
             vocab_size = dist_checkpointing.load_tensors_metadata(str(source.iteration))[EMBEDDING].global_shape[0]
             # Refuses what transformers cannot express before any tensor is read.
             hf_config = hf_from_model(model, vocab_size, token_ids=_token_ids(source.config),

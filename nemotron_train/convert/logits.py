@@ -11,12 +11,17 @@ import json
 from pathlib import Path
 
 import torch
+from megatron.core import dist_checkpointing
+from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
 from nemotron_train.config.errors import ConfigError
 from nemotron_train.convert.checkpoint_source import CheckpointSource
 from nemotron_train.convert.checkpoint_tensors import EMBEDDING
 from nemotron_train.precision.presets import PrecisionConfig
 from nemotron_train.runtime.distributed import ParallelConfig
+from nemotron_train.training.checkpoint import load_checkpoint
+from nemotron_train.training.loop import megatron_session
+from nemotron_train.training.model_setup import build_model
 
 LOGITS_DTYPES = ("fp32", "bf16")
 
@@ -40,13 +45,6 @@ def read_token_rows(path) -> list[list[int]]:
 
 def model_logits(source: CheckpointSource, token_rows: list[list[int]], *, dtype: str = "fp32") -> torch.Tensor:
     """Float32 logits [batch, seq, vocab] of `source`'s model on `token_rows`."""
-    from megatron.core import dist_checkpointing
-    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
-
-    from nemotron_train.training.checkpoint import load_checkpoint
-    from nemotron_train.training.loop import megatron_session
-    from nemotron_train.training.model_setup import build_model
-
     if dtype not in LOGITS_DTYPES:
         raise ConfigError("--dtype", dtype, f"choose one of {list(LOGITS_DTYPES)}")
     config = copy.deepcopy(source.config)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from nemotron_train.config.errors import ConfigError
 from nemotron_train.convert import export_hf as export_module
 from nemotron_train.convert.cli import main
 from tests.convert.conftest import REPO
@@ -166,3 +167,15 @@ def test_the_embedding_name_of_transformers_5_13_to_5_15_is_read(hf_dir, tmp_pat
                  "--dtype", "fp32"]) == 0
     back = load_file(str(tmp_path / "back" / "model.safetensors"))
     assert torch.equal(back["backbone.embeddings.weight"], tensors["backbone.embedding.weight"])
+
+
+def test_hf_load_takes_an_import_hf_output_as_is(imported):
+    from nemotron_train.config.schema import load_run_config
+    from nemotron_train.convert.hf_source import resolve_hf_load
+
+    config = load_run_config(imported)
+    config.checkpoint.load = f"hf:{imported}"
+    assert resolve_hf_load(config) == imported / "checkpoints"
+    config.model.hidden_size = 128
+    with pytest.raises(ConfigError, match="model.hidden_size: recipe 128 != checkpoint 64"):
+        resolve_hf_load(config)

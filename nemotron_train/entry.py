@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nemotron_train.config.errors import ConfigError
 from nemotron_train.config.schema import RunConfig
+from nemotron_train.convert.hf_source import is_hf_load, resolve_hf_load
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:
@@ -22,6 +23,14 @@ def write_resolved_config(cfg: DictConfig, run_dir: Path) -> None:
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
+def use_hf_checkpoint(config: RunConfig, cfg: DictConfig) -> None:
+    """`checkpoint.load=hf:DIR`: check the recipe against DIR, import DIR (once), and load the
+    import with finetune semantics; the recorded config keeps `hf:DIR` and the vocabulary."""
+    config.checkpoint.load = str(resolve_hf_load(config))
+    config.checkpoint.finetune = cfg.checkpoint.finetune = True
+    cfg.model.vocab_size = config.model.vocab_size
+
+
 def run(cfg: DictConfig) -> None:
     """Entry point behind train.py; exits with status 2 and one clear line on bad configuration."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -29,6 +38,8 @@ def run(cfg: DictConfig) -> None:
     logging.getLogger("megatron").setLevel(logging.WARNING)
     try:
         config = to_run_config(cfg)
+        if is_hf_load(config.checkpoint.load) and not config.dry_run:
+            use_hf_checkpoint(config, cfg)
         if config.dry_run:
             from nemotron_train.model.report import dry_run
 

@@ -94,9 +94,14 @@ def load_run_config(run_dir) -> RunConfig:
     """The RunConfig a run recorded in `<run_dir>/config.yaml`, validated again."""
     from pathlib import Path
 
-    from omegaconf import OmegaConf
-
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError("run_dir", str(run_dir), "no config.yaml there: name a run directory train.py wrote")
+    return load_run_config_file(path)
+
+
+def load_run_config_file(path) -> RunConfig:
+    """The RunConfig in one YAML file (a run's config.yaml), validated."""
+    from omegaconf import OmegaConf
+
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(path)))

@@ -51,6 +51,8 @@ class HybridModelConfig:
     """B/C groups (heads share B and C within a group)."""
     mamba_chunk_size: int = 64
     """Chunk length of the SSD chunked scan."""
+    mamba_conv_kernel: int = 4
+    """Width of the causal depthwise convolution before the scan."""
 
     # Dense MLP ('-' layers).
     ffn_hidden_size: int = 512
@@ -75,6 +77,12 @@ class HybridModelConfig:
     """Megatron-Core token dispatcher: 'alltoall' or 'allgather'."""
     moe_latent_size: Optional[int] = None
     """LatentMoE width l (experts and dispatch run at l < d); None for standard MoE."""
+    moe_router_num_groups: Optional[int] = None
+    """Group-limited routing: experts form this many equal groups and each token picks its
+    experts from `moe_router_group_topk` of them; None routes over all experts."""
+    moe_router_group_topk: Optional[int] = None
+    """Group-limited routing: groups chosen per token, ranked by the sum of their top
+    moe_router_topk / moe_router_group_topk expert scores (Megatron-Core's rule)."""
 
     # Multi-token prediction (the pattern's '/' blocks).
     mtp_loss_scaling_factor: float = 0.1
@@ -106,9 +114,30 @@ class HybridModelConfig:
                               "choose 'alltoall' or 'allgather'")
         if self.spec not in ("auto", "te", "local"):
             raise ConfigError("model.spec", self.spec, "choose 'auto', 'te' or 'local'")
+        self._check_group_limited_routing()
+        if self.mamba_conv_kernel < 1:
+            raise ConfigError("model.mamba_conv_kernel", self.mamba_conv_kernel, "must be at least 1")
         if self.moe_latent_size is not None and not 0 < self.moe_latent_size < self.hidden_size:
             raise ConfigError("model.moe_latent_size", self.moe_latent_size,
                               f"choose 0 < l < model.hidden_size={self.hidden_size}, or null")
+
+    def _check_group_limited_routing(self):
+        groups, group_topk = self.moe_router_num_groups, self.moe_router_group_topk
+        if (groups is None) != (group_topk is None):
+            raise ConfigError("model.moe_router_group_topk", group_topk,
+                              "set model.moe_router_num_groups and model.moe_router_group_topk "
+                              f"together (num_groups={groups}), or neither")
+        if groups is None:
+            return
+        _require_divides("model.moe_router_num_groups", groups, "model.num_experts", self.num_experts)
+        if not 1 <= group_topk <= min(groups, self.moe_router_topk):
+            raise ConfigError("model.moe_router_group_topk", group_topk,
+                              f"choose 1..min(model.moe_router_num_groups={groups}, "
+                              f"model.moe_router_topk={self.moe_router_topk}) groups")
+        if self.moe_router_topk > group_topk * (self.num_experts // groups):
+            raise ConfigError("model.moe_router_topk", self.moe_router_topk,
+                              f"more than the {group_topk} chosen groups of "
+                              f"{self.num_experts // groups} experts hold")
 
     @property
     def parsed_pattern(self) -> HybridPattern:
@@ -139,6 +168,8 @@ class HybridModelConfig:
                 moe_token_dispatcher_type=self.moe_token_dispatcher_type,
                 moe_grouped_gemm=False,
                 moe_latent_size=self.moe_latent_size,
+                moe_router_num_groups=self.moe_router_num_groups,
+                moe_router_group_topk=self.moe_router_group_topk,
             )
         mtp_fields = {}
         if parsed.mtp_block is not None:
@@ -186,10 +217,12 @@ class HybridModelConfig:
 
         spec, _ = select_hybrid_stack_spec(
             self.spec, context_parallel=transformer_config.context_parallel_size > 1)
-        # MambaMixer takes its chunk size as a constructor argument, not from the config.
+        # MambaMixer takes its chunk size and conv width as constructor arguments, not from
+        # the config.
         spec = copy.deepcopy(spec)
         mixer = spec.submodules.mamba_layer.submodules.mixer
-        mixer.params = {**mixer.params, "chunk_size": self.mamba_chunk_size}
+        mixer.params = {**mixer.params, "chunk_size": self.mamba_chunk_size,
+                        "d_conv": self.mamba_conv_kernel}
         return HybridModel(
             config=transformer_config,
             hybrid_stack_spec=spec,

@@ -49,6 +49,13 @@ class DuplicatedLinear(MegatronModule):
             return F.linear(x, self.weight), self.bias
         return F.linear(x, self.weight, self.bias), None
 
+    def get_extra_state(self):
+        """TELinear's state dict has `_extra_state` (TE's quantization metadata); save one too."""
+        return None
+
+    def set_extra_state(self, state) -> None:
+        """TE's quantization metadata means nothing here."""
+
     def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
         """Replicated tensors: no tensor-parallel axis."""
         state_dict = self.state_dict(prefix="", keep_vars=True)

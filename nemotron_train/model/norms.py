@@ -2,6 +2,10 @@
 
 Fills a Megatron-Core gap: its torch-norm wrapper (`WrappedTorchNorm`) refuses
 sequence parallelism, and TE's norm is unavailable without TransformerEngine.
+Two flavours keep the local spec's checkpoints in the TE spec's key layout: the norms
+TE fuses into the next linear (`layer_norm_weight` of `TELayerNormColumnParallelLinear`)
+are plain `RMSNorm`s whose keys the spec remaps; the norms TE builds as separate `TENorm`
+modules are `RMSNormWithExtraState`, which saves an `_extra_state` as `TENorm` does.
 """
 
 import torch
@@ -25,3 +29,17 @@ class RMSNorm(torch.nn.RMSNorm):
                 f"model.normalization={config.normalization!r}: the local spec builds RMSNorm only"
             )
         self.weight.sequence_parallel = config.sequence_parallel
+
+
+class RMSNormWithExtraState(RMSNorm):
+    """An `RMSNorm` whose state dict carries `_extra_state`, as TransformerEngine's `TENorm`'s does.
+
+    TE keeps its quantization metadata there; this norm has none, so it saves None and
+    ignores what it loads (as Megatron-Core's own parallel linears do for TE's linears).
+    """
+
+    def get_extra_state(self):
+        return None
+
+    def set_extra_state(self, state) -> None:
+        """TE's quantization metadata means nothing to a torch RMSNorm."""

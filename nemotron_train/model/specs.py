@@ -5,6 +5,12 @@ Megatron-Core ships only a TransformerEngine hybrid spec
 spec below builds the same layer types from Megatron-Core's own non-TE modules
 (tensor-parallel linears, `DotProductAttention`, `SequentialMLP` experts) so the
 model runs where TransformerEngine cannot be imported, CPU included.
+
+Both specs save the same checkpoint keys. The TE spec fuses three pre-norms into the
+following linear (`TELayerNormColumnParallelLinear`); the local spec keeps them as
+separate modules and renames their keys with Megatron-Core's `sharded_state_dict_keys_map`
+(as its GPT local spec and its ModelOpt hybrid spec do). The norms TE builds as separate
+`TENorm`s, and LatentMoE's `TELinear`s, carry `_extra_state`, so their local stand-ins do too.
 """
 
 from functools import partial
@@ -36,12 +42,19 @@ from megatron.core.transformer.transformer_layer import (
 
 from nemotron_train.config.errors import ConfigError
 from nemotron_train.model.context_parallel_attention import ContextParallelAttention
-from nemotron_train.model.norms import RMSNorm
+from nemotron_train.model.norms import RMSNorm, RMSNormWithExtraState
 from nemotron_train.precision.parallel_linear import (
     QuantizedColumnParallelLinear,
     QuantizedRowParallelLinear,
 )
 from nemotron_train.runtime.backends import transformer_engine_available
+
+
+# Checkpoint keys of the TE spec's fused norms: TELayerNormColumnParallelLinear saves its norm
+# weight as `layer_norm_weight` beside the linear's own `weight`.
+MAMBA_NORM_KEYS = {"norm.": "mixer.in_proj.layer_norm_"}
+ATTENTION_NORM_KEYS = {"input_layernorm.": "self_attention.linear_qkv.layer_norm_"}
+MLP_NORM_KEYS = {"pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_"}
 
 
 class _LocalQuantizableSpecProvider(LocalSpecProvider):
@@ -87,6 +100,7 @@ def local_hybrid_stack_spec(context_parallel: bool = False) -> ModuleSpec:
                         ),
                     ),
                     mamba_bda=get_bias_dropout_add,
+                    sharded_state_dict_keys_map=MAMBA_NORM_KEYS,
                 ),
             ),
             attention_layer=ModuleSpec(
@@ -103,6 +117,7 @@ def local_hybrid_stack_spec(context_parallel: bool = False) -> ModuleSpec:
                         ),
                     ),
                     self_attn_bda=get_bias_dropout_add,
+                    sharded_state_dict_keys_map=ATTENTION_NORM_KEYS,
                 ),
             ),
             mlp_layer=ModuleSpec(
@@ -111,12 +126,14 @@ def local_hybrid_stack_spec(context_parallel: bool = False) -> ModuleSpec:
                     pre_mlp_layernorm=RMSNorm,
                     mlp=partial(MLP.as_mlp_submodule, submodules=dense_linears),
                     mlp_bda=get_bias_dropout_add,
+                    sharded_state_dict_keys_map=MLP_NORM_KEYS,
                 ),
             ),
             moe_layer=ModuleSpec(
                 module=MoETransformerLayer,
                 submodules=TransformerLayerSubmodules(
-                    pre_mlp_layernorm=RMSNorm,
+                    # TE's spec builds this one as a separate TENorm too (the router reads it).
+                    pre_mlp_layernorm=RMSNormWithExtraState,
                     # num_experts only has to be non-None here; the count comes from the config.
                     mlp=get_moe_module_spec_for_backend(
                         _LocalQuantizableSpecProvider(), num_experts=1, moe_grouped_gemm=False),
@@ -130,11 +147,11 @@ def local_hybrid_stack_spec(context_parallel: bool = False) -> ModuleSpec:
                         ModuleSpec(
                             module=MultiTokenPredictionLayer,
                             submodules=MultiTokenPredictionLayerSubmodules(
-                                enorm=RMSNorm,
-                                hnorm=RMSNorm,
+                                enorm=RMSNormWithExtraState,
+                                hnorm=RMSNormWithExtraState,
                                 eh_proj=QuantizedColumnParallelLinear,
                                 mtp_model_layer=None,
-                                layer_norm=RMSNorm,
+                                layer_norm=RMSNormWithExtraState,
                             ),
                         )
                     ]

@@ -20,10 +20,10 @@ def install() -> bool:
         from megatron.core.transformer.moe import moe_layer
 
         from nemotron_train.model.duplicated_linear import DuplicatedLinear
-        from nemotron_train.model.norms import RMSNorm
+        from nemotron_train.model.norms import RMSNormWithExtraState
 
         # HybridStack builds its final norm as TENorm whatever the layer spec says.
-        hybrid_block.TENorm = RMSNorm
+        hybrid_block.TENorm = RMSNormWithExtraState
         # LatentMoE asserts TE and builds its latent projections as TELinear.
         moe_layer.HAVE_TE = True
         moe_layer.TELinear = DuplicatedLinear

@@ -221,6 +221,56 @@ def test_documents_reset_state_and_conv(chunk_size):
     assert out[1, -4:].abs().max() == 0
 
 
+@pytest.mark.parametrize(
+    "row_docs, keeps_initial_state",
+    [(0, True), (1, False), (-1, False)],
+    ids=["document_0", "document_1", "padding"],
+)
+def test_rows_of_one_document(row_docs, keeps_initial_state):
+    # One document per row skips the masks, except where they still matter: the
+    # initial state belongs to document 0 only, and padding (-1) outputs zero.
+    inputs = make_inputs(seqlen=29)
+    seq_idx = torch.full((2, 29), row_docs)
+    initial_states = torch.randn(2, 4, 3, 5)
+    out, final_states = mamba_split_conv1d_scan_combined(
+        **inputs, chunk_size=8, seq_idx=seq_idx.int(), initial_states=initial_states,
+        return_final_states=True,
+    )
+    expected, expected_final_states = reference_forward(
+        **inputs, seq_idx=seq_idx, initial_states=initial_states
+    )
+    if row_docs < 0:
+        assert out.abs().max() == 0 and final_states.abs().max() == 0
+        assert expected.abs().max() == 0 and expected_final_states.abs().max() == 0
+        return
+    assert relative_error(out, expected) < TOLERANCE
+    assert relative_error(final_states, expected_final_states) < TOLERANCE
+    without_initial, _ = reference_forward(**inputs, seq_idx=seq_idx)
+    assert (relative_error(out, without_initial) < TOLERANCE) != keeps_initial_state
+
+
+def test_many_chunks_without_documents_match_recurrence_with_gradients():
+    # 38 chunks of 8: the inter-chunk recurrence and its backward, no document masks.
+    inputs = make_inputs(batch=1, seqlen=300, nheads=4, ngroups=1, dtype=torch.float64)
+    initial_states = torch.randn(1, 4, 3, 5, dtype=torch.float64)
+    leaves = [inputs[name].detach().requires_grad_() for name in DIFFERENTIABLE]
+    leaves64 = [inputs[name].detach().clone().requires_grad_() for name in DIFFERENTIABLE]
+    grad_out = torch.randn(1, 300, 12, dtype=torch.float64)
+    out, final_states = mamba_split_conv1d_scan_combined(
+        **{**inputs, **dict(zip(DIFFERENTIABLE, leaves))}, chunk_size=8,
+        initial_states=initial_states, return_final_states=True,
+    )
+    expected, expected_final_states = reference_forward(
+        **{**inputs, **dict(zip(DIFFERENTIABLE, leaves64))}, initial_states=initial_states
+    )
+    assert relative_error(out, expected) < 1e-10
+    assert relative_error(final_states, expected_final_states) < 1e-10
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    expected_grads = torch.autograd.grad(expected, leaves64, grad_out)
+    for name, grad, expected_grad in zip(DIFFERENTIABLE, grads, expected_grads):
+        assert relative_error(grad, expected_grad) < 1e-10, name
+
+
 def test_packed_documents_match_separate_runs():
     inputs = make_inputs(batch=1, seqlen=23)
     zxbcdt = inputs.pop("zxbcdt")
@@ -280,10 +330,11 @@ def test_missing_headdim_raises():
         mamba_split_conv1d_scan_combined(**inputs, chunk_size=8)
 
 
-def test_gradcheck():
+@pytest.mark.parametrize("with_documents", [True, False], ids=["documents", "one_document"])
+def test_gradcheck(with_documents):
     sizes = dict(batch=1, seqlen=7, nheads=2, headdim=2, ngroups=2, dstate=2, width=3)
     inputs = make_inputs(**sizes, per_channel_D=True, dtype=torch.float64)
-    seq_idx = documents([[5, 2]])
+    seq_idx = documents([[5, 2]]) if with_documents else None
     initial_states = torch.randn(1, 2, 2, 2, dtype=torch.float64)
     rmsnorm_weight = torch.rand(4, dtype=torch.float64) + 0.5
     leaves = [inputs[name] for name in DIFFERENTIABLE] + [initial_states, rmsnorm_weight]

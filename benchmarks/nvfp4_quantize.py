@@ -22,7 +22,7 @@ codes and E4M3 block scales of each copy.
     git clone --depth 1 https://github.com/NVIDIA/TransformerEngine .cache/TransformerEngine
     PYTHONPATH=. .venv/bin/python benchmarks/nvfp4_quantize.py --te-src .cache/TransformerEngine
 
-Writes benchmarks/results/nvfp4_quantize_cpu.json and prints a Markdown table.
+Writes benchmarks/results/nvfp4_quantize_cpu.json (``--result``) and prints a Markdown table.
 """
 
 import argparse
@@ -90,6 +90,8 @@ def main():
     parser.add_argument("--size", type=int, default=4096, help="the matrix is size x size BF16")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--result", default="nvfp4_quantize_cpu",
+                        help="name of the JSON written under benchmarks/results/")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     te = load_te_nvfp4_reference(args.te_src) if args.te_src else None
@@ -104,7 +106,7 @@ def main():
             file=str(TE_REFERENCE), commit=source_version(args.te_src)),
         rows=rows,
     )
-    out = write_result("nvfp4_quantize_cpu", report)
+    out = write_result(args.result, report)
     print(f"{describe(report)}; {args.size} x {args.size} BF16, both copies, "
           f"{args.rounds} interleaved rounds")
     print("| blocks | ours ms (min / median) | TE reference ms (min / median) "

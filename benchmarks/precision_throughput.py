@@ -7,7 +7,7 @@ the first `--skip` (start-up and the first steps' one-off costs). Pairing the ru
 the nvfp4 / bf16 ratio meaningful when the machine's load drifts; the table gives each
 arm's median over its runs and the median of the pairwise ratios.
 
-    .venv/bin/python benchmarks/precision_throughput.py [--steps 40] [--pairs 3] [override ...]
+    PYTHONPATH=. .venv/bin/python benchmarks/precision_throughput.py [--steps 40] [--pairs 3] [override ...]
 
 Overrides after the options go to every run. Writes
 benchmarks/results/precision_throughput_cpu.json and prints a Markdown table.

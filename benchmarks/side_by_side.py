@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
@@ -35,8 +36,9 @@ def interleaved_seconds(runs: dict[Hashable, Callable[[], object]], rounds: int)
 
 
 def machine_record(load_average_before: tuple[float, float, float]) -> dict:
-    """Date, machine, torch and its threads, and the load average before and now."""
+    """The command, date, machine, torch and its threads, and the load average before and now."""
     return dict(
+        command=" ".join(sys.argv),
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         machine=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
         torch=torch.__version__, torch_threads=torch.get_num_threads(),

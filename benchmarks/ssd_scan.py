@@ -16,7 +16,7 @@ states and gradients agree (largest absolute difference over the largest magnitu
     git clone --depth 1 https://github.com/state-spaces/mamba .cache/mamba
     PYTHONPATH=. .venv/bin/python benchmarks/ssd_scan.py --mamba-src .cache/mamba
 
-Writes benchmarks/results/ssd_scan_cpu.json and prints a Markdown table.
+Writes benchmarks/results/ssd_scan_cpu.json (``--result``) and prints a Markdown table.
 """
 
 import argparse
@@ -108,6 +108,8 @@ def main():
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--result", default="ssd_scan_cpu",
+                        help="name of the JSON written under benchmarks/results/")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     module = load_mamba_ssd_minimal(args.mamba_src)
@@ -121,7 +123,7 @@ def main():
         reference=dict(file=str(MAMBA_REFERENCE), commit=source_version(args.mamba_src)),
         rows=rows,
     )
-    out = write_result("ssd_scan_cpu", report)
+    out = write_result(args.result, report)
     print(f"{describe(report)}; b1 x L{args.length}, 8 heads x 64, state 128, float32, "
           f"{args.rounds} interleaved rounds")
     print("| chunk | groups | fwd ms ours / ref (min) | speed-up fwd (min / median) "

@@ -1,13 +1,19 @@
 """The pure-PyTorch Mamba-2 kernel against a step-by-step recurrence oracle."""
 
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from nemotron_train.runtime.backends import mamba_ssm_available
-from nemotron_train.runtime.ssd_scan import GatedRMSNorm, mamba_split_conv1d_scan_combined
+from nemotron_train.runtime.ssd_scan import (
+    GatedRMSNorm,
+    mamba_split_conv1d_scan_combined,
+    ssd_chunked_scan,
+)
 
 TOLERANCE = 1e-5
 DIFFERENTIABLE = ["zxbcdt", "conv1d_weight", "conv1d_bias", "dt_bias", "A", "D"]
@@ -408,6 +414,40 @@ def test_gated_rms_norm_sharded_state_dict(single_process):
     tensor = sharded["mixer.norm.weight"]
     assert tensor.key == "mixer.norm.weight"
     assert tensor.data is norm.weight and tensor.global_shape == (8,)
+
+
+MAMBA_SOURCE = Path(os.environ.get("NEMOTRON_MAMBA_SRC", ".cache/mamba"))
+
+
+@pytest.mark.skipif(not (MAMBA_SOURCE / "mamba_ssm").exists(),
+                    reason="optional oracle: mamba's source tree is fetched at run time (see "
+                           "benchmarks/reference_sources.py), never committed")
+@pytest.mark.parametrize("ngroups", [1, 4])
+def test_scan_matches_mambas_minimal_reference(ngroups):
+    # ssd_minimal_discrete (the paper's Listing 1) takes x·dt, A·dt and per-head B, C;
+    # float64, so the two chunked formulations agree to round-off.
+    from benchmarks.reference_sources import load_mamba_ssd_minimal
+
+    minimal = load_mamba_ssd_minimal(MAMBA_SOURCE)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 96, 4, 8, generator=g, dtype=torch.float64)
+    dt = F.softplus(torch.randn(2, 96, 4, generator=g, dtype=torch.float64) - 2)
+    A = -torch.rand(4, generator=g, dtype=torch.float64) - 0.2
+    B, C = (torch.randn(2, 96, ngroups, 6, generator=g, dtype=torch.float64) for _ in range(2))
+    initial_states = torch.randn(2, 4, 8, 6, generator=g, dtype=torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (x, dt, A, B, C, initial_states)]
+    y, final_states = ssd_chunked_scan(*leaves[:5], 16, initial_states=leaves[5])
+    x_, dt_, A_, B_, C_, h0 = (t.clone().requires_grad_() for t in (x, dt, A, B, C, initial_states))
+    per_head = [t.repeat_interleave(4 // ngroups, dim=2) for t in (B_, C_)]
+    y_ref, final_ref = minimal.ssd_minimal_discrete(
+        x_ * dt_[..., None], A_ * dt_, *per_head, 16, initial_states=h0[:, None])
+    assert relative_error(y, y_ref) < 1e-12
+    assert relative_error(final_states, final_ref) < 1e-12
+    grad_y, grad_h = torch.randn_like(y), torch.randn_like(final_states)
+    ours = torch.autograd.grad([y, final_states], leaves, [grad_y, grad_h])
+    theirs = torch.autograd.grad([y_ref, final_ref], [x_, dt_, A_, B_, C_, h0], [grad_y, grad_h])
+    for name, a, b in zip(["x", "dt", "A", "B", "C", "initial_states"], ours, theirs):
+        assert relative_error(a, b) < 1e-12, name
 
 
 @pytest.mark.gpu

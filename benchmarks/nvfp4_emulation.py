@@ -12,6 +12,7 @@ Writes benchmarks/results/nvfp4_emulation_<device>.json and prints a Markdown ta
 """
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -78,6 +79,7 @@ def main():
     load_before = os.getloadavg()
     rows = [measure(shape, device, args.rounds) for shape in SHAPES]
     report = dict(
+        date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         cpu_count=os.cpu_count(), torch=torch.__version__, torch_threads=torch.get_num_threads(),
         load_average_before=load_before, load_average_after=os.getloadavg(), rounds=args.rounds,

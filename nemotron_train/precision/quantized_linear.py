@@ -217,10 +217,9 @@ def _nvfp4_operand_quantizer(
     counts flushes."""
 
     def quantize(operand, t, tile=(1, 16), rounding="rne", rht=False):
-        q = nvfp4.quantize(
+        t_hat = nvfp4.quantize_dequantize(
             t, tile=tile, rounding=rounding, rht=rht, generator=generator, amax_reduce=amax_reduce
         )
-        t_hat = nvfp4.dequantize(q)
         if flush_counter is not None:
             source = random_hadamard_transform(t) if rht else t
             flush_counter.record(operand, source, t_hat)

@@ -12,6 +12,8 @@ Shape letters: b batch, l/s positions in a chunk, c chunk, h head, p head
 channel, g group, n state channel.
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -23,19 +25,24 @@ from megatron.core.transformer.utils import (
 
 
 def causal_depthwise_conv1d(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seq_idx: torch.Tensor
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seq_idx: torch.Tensor | None
 ) -> torch.Tensor:
     """Causal depthwise convolution along the sequence that never mixes documents.
 
     out[b, t, d] = bias[d] + sum_k weight[d, k] * x[b, t - width + 1 + k, d], summing
     only the taps that lie in token t's document (same `seq_idx`). Tokens with a
     negative `seq_idx` are padding and output zero, bias included, as in
-    causal-conv1d's kernel.
+    causal-conv1d's kernel. `seq_idx` None means one document per row: a plain
+    left-padded depthwise `conv1d`.
 
     x: (batch, seqlen, channels); weight: (channels, width); bias: (channels,) or
-    None; seq_idx: (batch, seqlen) int. Returns (batch, seqlen, channels).
+    None; seq_idx: (batch, seqlen) int or None. Returns (batch, seqlen, channels).
     """
     width = weight.shape[-1]
+    if seq_idx is None or (_one_document_per_row(seq_idx) and bool((seq_idx >= 0).all())):
+        out = F.conv1d(F.pad(x.transpose(1, 2), (width - 1, 0)), weight.unsqueeze(1), bias,
+                       groups=weight.shape[0])
+        return out.transpose(1, 2)
     windows = F.pad(x, (0, 0, width - 1, 0)).unfold(1, width, 1)  # (b, t, d, k)
     window_docs = F.pad(seq_idx, (width - 1, 0), value=-1).unfold(1, width, 1)  # (b, t, k)
     same_doc = (window_docs == seq_idx.unsqueeze(-1)).unsqueeze(2)
@@ -45,23 +52,6 @@ def causal_depthwise_conv1d(
     return out.masked_fill(seq_idx.unsqueeze(-1) < 0, 0.0)
 
 
-def segment_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sums of `x` over half-open segments: out[..., i, j] = x[..., j+1] + ... + x[..., i].
-
-    Entries above the diagonal (j > i) are -inf, so exp(segment_sum(dA)) is the
-    causal decay matrix from step j to step i. Each segment is summed directly
-    rather than as a difference of two prefix sums, which would lose float32
-    precision over long sequences.
-
-    x: (..., T). Returns (..., T, T).
-    """
-    T = x.shape[-1]
-    ones = torch.ones(T, T, dtype=torch.bool, device=x.device)
-    # terms[..., k, j] = x[..., k] where k > j; summing over k <= i covers (j, i].
-    terms = x.unsqueeze(-1).expand(*x.shape, T).masked_fill(~ones.tril(-1), 0.0)
-    return terms.cumsum(-2).masked_fill(~ones.tril(), float("-inf"))
-
-
 def ssd_chunked_scan(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -69,65 +59,127 @@ def ssd_chunked_scan(
     B: torch.Tensor,
     C: torch.Tensor,
     chunk_size: int,
-    seq_idx: torch.Tensor,
+    seq_idx: torch.Tensor | None = None,
     initial_states: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The selective SSM h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T, y_t = h_t C_t, chunk by chunk.
 
-    Inside a chunk, y_t = sum_{s<=t} (C_t . B_s) exp(dt_{s+1} A + ... + dt_t A) dt_s x_s;
-    the state entering a chunk is every earlier chunk's final contribution decayed
-    through the chunks in between. A change of `seq_idx` cuts all these paths, so
-    no state crosses a document boundary; `initial_states` belong to document 0,
-    as in the kernel. `seq_idx` must be non-decreasing along each row (packing).
+    Inside a chunk, y_t = sum_{s<=t} (C_t . B_s) exp(dt_{s+1} A + ... + dt_t A) dt_s x_s,
+    the decays taken as differences of the chunk's running sums of dt A (as the
+    kernel does; they stay short, so float32 keeps them); the state entering a
+    chunk follows the recurrence over chunks. A change of `seq_idx` cuts all these
+    paths, so no state crosses a document boundary; `initial_states` belong to
+    document 0, as in the kernel. `seq_idx` must be non-decreasing along each row
+    (packing), negative only as trailing padding; None (or one document in every
+    row) skips the document masks.
 
     x: (batch, seqlen, nheads, headdim); dt: (batch, seqlen, nheads), already
     discretised; A: (nheads,); B, C: (batch, seqlen, ngroups, dstate), consecutive
-    heads sharing a group; seq_idx: (batch, seqlen) int; initial_states: (batch,
-    nheads, headdim, dstate) or None for zeros. Returns y (batch, seqlen, nheads,
-    headdim) and the final states (batch, nheads, headdim, dstate).
+    heads sharing a group; seq_idx: (batch, seqlen) int or None; initial_states:
+    (batch, nheads, headdim, dstate) or None for zeros. Returns y (batch, seqlen,
+    nheads, headdim) and the final states (batch, nheads, headdim, dstate).
     """
     batch, seqlen, nheads, headdim = x.shape
-    B = B.repeat_interleave(nheads // B.shape[2], dim=2)
-    C = C.repeat_interleave(nheads // C.shape[2], dim=2)
+    ngroups, dstate = B.shape[2:]
+    # One document per row needs no masks, unless an initial state (document 0's)
+    # must be kept from rows of another document.
+    if seq_idx is not None and _one_document_per_row(seq_idx) and (
+            initial_states is None or not seq_idx.any()):
+        seq_idx = None
 
-    # Padded steps have dt = 0, so they neither decay nor feed the state; they
-    # repeat the last document id so each chunk ends in its last real token's document.
+    # Padded steps have dt = 0, so they neither decay nor feed the state.
     pad = -seqlen % chunk_size
     x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
     dt = F.pad(dt, (0, 0, 0, pad))
-    seq_idx = torch.cat([seq_idx, seq_idx[:, -1:].expand(-1, pad)], dim=1)
-    x, B, C = (rearrange(t, "b (c l) h d -> b c l h d", l=chunk_size) for t in (x, B, C))
-    dt = rearrange(dt, "b (c l) h -> b h c l", l=chunk_size)
-    doc = rearrange(seq_idx, "b (c l) -> b c l", l=chunk_size)
-    dA = dt * A[:, None, None]
-    dA_cumsum = dA.cumsum(-1)  # log-decay from the chunk's start through step l
+    # Head-major chunks, so every product below is a batched matmul without copies;
+    # dt scales each input once here instead of every score and state term.
+    x_dt = rearrange(x * dt[..., None], "b (c l) h p -> b h c l p", l=chunk_size).contiguous()
+    B, C = (rearrange(t, "b (c l) g n -> b g c l n", l=chunk_size).contiguous() for t in (B, C))
+    dA_cumsum = rearrange(dt * A, "b (c l) h -> b h c l", l=chunk_size).cumsum(-1)
+    masks = None if seq_idx is None else _DocumentMasks.of(seq_idx, pad, chunk_size)
 
-    # 1. Within each chunk: the quadratic, attention-like form.
-    same_doc = doc[:, :, :, None] == doc[:, :, None, :]  # (b, c, l, s)
-    decay = torch.exp(segment_sum(dA)) * same_doc[:, None]  # (b, h, c, l, s)
-    scores = torch.einsum("bclhn,bcshn->bhcls", C, B) * decay * dt[:, :, :, None, :]
-    y = torch.einsum("bhcls,bcshp->bclhp", scores, x)
+    def per_group(t):  # (b, h, ...) -> (b, g, k, ...): k heads share a group's B and C
+        return t.unflatten(1, (ngroups, nheads // ngroups))
 
-    # 2. Each chunk's contribution to the state at its end: decay's last row
-    # already keeps only the last token's document.
-    chunk_states = torch.einsum("bhcs,bcshn,bcshp->bchpn", decay[..., -1, :] * dt, B, x)
+    # 1. Within each chunk: the quadratic, attention-like form, C.B^T once per group.
+    decay = _decay_within_chunks(dA_cumsum)  # (b, h, c, l, s)
+    if masks is not None:
+        decay = decay * masks.same_doc[:, None]
+    scores = (C @ B.transpose(-1, -2)).unsqueeze(2) * per_group(decay)  # (b, g, k, c, l, s)
+    y = scores @ per_group(x_dt)  # (b, g, k, c, l, p)
 
-    # 3. Between chunks: state at boundary i = sum over boundaries j <= i of the
-    # state added at j decayed through chunks j..i-1; boundary 0 holds the initial state.
-    if initial_states is None:
-        initial_states = x.new_zeros(batch, nheads, headdim, B.shape[-1])
-    states = torch.cat([initial_states[:, None], chunk_states], dim=1)  # (b, c+1, h, p, n)
-    boundary_doc = F.pad(doc[:, :, -1], (1, 0), value=0)  # (b, c+1)
-    same_boundary_doc = boundary_doc[:, :, None] == boundary_doc[:, None, :]
-    chunk_decay = torch.exp(segment_sum(F.pad(dA_cumsum[..., -1], (1, 0))))  # (b, h, c+1, c+1)
-    states = torch.einsum("bhij,bjhpn->bihpn", chunk_decay * same_boundary_doc[:, None], states)
-    entering_states, final_states = states[:, :-1], states[:, -1]
+    # 2. Each chunk's contribution to the state at its end: each step decayed to the
+    # chunk's end (with documents: only the chunk's last document). Computed apart
+    # from decay's last row, whose slice would cost decay's backward a full zero tensor.
+    to_end = torch.exp(dA_cumsum[..., -1:] - dA_cumsum)  # (b, h, c, s)
+    if masks is not None:
+        to_end = to_end * masks.same_doc[:, None, :, -1]
+    weighted = per_group(x_dt * to_end[..., None])
+    chunk_states = torch.einsum("bgkcsp,bgcsn->bgkcpn", weighted, B).flatten(1, 2)
 
-    # 4. The state entering a chunk reaches the chunk's tokens of the same document.
-    same_state_doc = (doc == boundary_doc[:, :-1, None])[:, None]
-    state_decay = torch.exp(dA_cumsum) * same_state_doc  # (b, h, c, l)
-    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", C, entering_states, state_decay)
-    return rearrange(y, "b c l h p -> b (c l) h p")[:, :seqlen], final_states
+    # 3. Between chunks: the state entering chunk i+1 is chunk i's decayed through
+    # it plus chunk i's contribution (with documents: reset where a chunk ends in
+    # another document than it began).
+    chunk_decay = torch.exp(dA_cumsum[..., -1])  # (b, h, c)
+    if masks is not None:
+        chunk_decay = chunk_decay * masks.same_doc_across_chunk[:, None]
+    state = x.new_zeros(batch, nheads, headdim, dstate) if initial_states is None else initial_states
+    entering = []
+    # unbind, not indexing: its backward stacks the slices' gradients once, where
+    # each index's backward would fill a whole zero tensor.
+    for decay_i, added_i in zip(chunk_decay[..., None, None].unbind(2), chunk_states.unbind(2)):
+        entering.append(state)
+        state = decay_i * state + added_i
+    entering_states = torch.stack(entering, dim=2)  # (b, h, c, p, n)
+
+    # 4. The state entering a chunk reaches the chunk's tokens (of its document).
+    from_start = torch.exp(dA_cumsum)  # (b, h, c, l)
+    if masks is not None:
+        from_start = from_start * masks.same_state_doc[:, None]
+    y_state = torch.einsum("bgcln,bgkcpn->bgkclp", C, per_group(entering_states))
+    y = y + y_state * per_group(from_start)[..., None]
+    return rearrange(y, "b g k c l p -> b (c l) (g k) p")[:, :seqlen], state
+
+
+def _decay_within_chunks(dA_cumsum: torch.Tensor) -> torch.Tensor:
+    """exp(dA_cumsum[l] - dA_cumsum[s]) for s <= l and 0 above the diagonal: the decay from
+    step s to step l of a chunk. (..., l) -> (..., l, l)."""
+    length = dA_cumsum.shape[-1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=dA_cumsum.device).tril()
+    # -inf before exp: the differences above the diagonal are positive and may overflow.
+    exponent = dA_cumsum[..., :, None] - dA_cumsum[..., None, :]
+    return torch.exp(exponent.masked_fill(~causal, float("-inf")))
+
+
+def _one_document_per_row(seq_idx: torch.Tensor) -> bool:
+    return bool((seq_idx == seq_idx[:, :1]).all())
+
+
+@dataclass(frozen=True)
+class _DocumentMasks:
+    """Which scan paths stay inside one document (`seq_idx` chunked into (b, c, l))."""
+
+    same_doc: torch.Tensor
+    """(b, c, l, s): steps l and s of a chunk are in one document."""
+    same_doc_across_chunk: torch.Tensor
+    """(b, c): chunk c ends in the document of the state entering it."""
+    same_state_doc: torch.Tensor
+    """(b, c, l): step l is in the document of the state entering its chunk."""
+
+    @staticmethod
+    def of(seq_idx: torch.Tensor, pad: int, chunk_size: int) -> "_DocumentMasks":
+        # Padded steps repeat the last document id, so each chunk ends in its last
+        # real token's document.
+        seq_idx = torch.cat([seq_idx, seq_idx[:, -1:].expand(-1, pad)], dim=1)
+        doc = rearrange(seq_idx, "b (c l) -> b c l", l=chunk_size)
+        # The document at each chunk boundary: 0 (the initial state's) at the start,
+        # then each chunk's last token's.
+        boundary_doc = F.pad(doc[:, :, -1], (1, 0), value=0)  # (b, c+1)
+        return _DocumentMasks(
+            same_doc=doc[:, :, :, None] == doc[:, :, None, :],
+            same_doc_across_chunk=boundary_doc[:, 1:] == boundary_doc[:, :-1],
+            same_state_doc=doc == boundary_doc[:, :-1, None],
+        )
 
 
 def gated_rms_norm(
@@ -257,8 +309,8 @@ def mamba_split_conv1d_scan_combined(
     conv1d_bias: (dim + 2 * ngroups * dstate,) or None; dt_bias, A: (nheads,);
     D: (nheads,) with `headdim` given, or (nheads, headdim); initial_states: (batch,
     nheads, headdim, dstate); seq_idx: (batch, seqlen) int, non-decreasing document
-    ids, negative for padding; rmsnorm_weight: (dim,); outproj_weight: (out_dim,
-    d_nonssm + dim); outproj_bias: (out_dim,).
+    ids, negative for padding, or None for one document per row; rmsnorm_weight:
+    (dim,); outproj_weight: (out_dim, d_nonssm + dim); outproj_bias: (out_dim,).
     Returns out (batch, seqlen, out_dim or d_nonssm + dim), and the final states
     (batch, nheads, headdim, dstate) if return_final_states.
     """
@@ -284,10 +336,6 @@ def mamba_split_conv1d_scan_combined(
             f"headdim={headdim}, ngroups={ngroups}, dstate={dstate} it must be "
             f"{ssm_width} plus an even number of extra columns"
         )
-    batch, seqlen, _ = zxbcdt.shape
-    if seq_idx is None:
-        seq_idx = torch.zeros(batch, seqlen, dtype=torch.int32, device=zxbcdt.device)
-
     compute_dtype = torch.promote_types(zxbcdt.dtype, torch.float32)
     # The Triton kernel ignores autocast; so must the scan, or its einsums would run in bf16.
     with torch.autocast(zxbcdt.device.type, enabled=False):

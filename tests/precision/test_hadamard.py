@@ -49,6 +49,16 @@ def test_transform_rotates_each_chunk_and_rounds_to_bf16():
     assert torch.equal(out, expected.to(torch.bfloat16))
 
 
+@pytest.mark.parametrize("tokens", [48, 3 * 65536 + 32])  # one chunk; several, the last short
+def test_a_transposed_view_is_rotated_in_place_as_its_copy(tokens):
+    # The wgrad operands are tokens.T: rotated where they lie, in chunks of 16-row
+    # groups, and returned as transposed views.
+    x = torch.randn(tokens, 16).bfloat16()
+    out = random_hadamard_transform(x.T)
+    assert out.shape == (16, tokens) and out.T.is_contiguous()
+    assert torch.equal(out, random_hadamard_transform(x.T.contiguous()))
+
+
 def test_rotating_both_operands_leaves_the_product_unchanged():
     # Integer entries in [-8, 8]: rotated values are multiples of 1/4 below 64
     # in magnitude, exact in BF16, and both products are exact in float32.

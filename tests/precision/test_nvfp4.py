@@ -95,9 +95,10 @@ def test_block_scale_saturates_at_448_before_the_cast():
 
 
 def test_hand_built_scales():
-    # amax 5: S_enc = 2688 / 5 = 537.6 (float32), S_dec = 1 / S_enc.
-    # Block A, amax 5: 5 · 537.6 / 6 = 448, dec_b = 448, v = x · 6 / 5.
-    # Block B, amax 0.7: 0.7 · 537.6 / 6 = 62.72, E4M3 neighbours 60 and 64:
+    # amax 5: S_enc = 2688 / 5 = 537.6 (float32), S_dec = 1 / S_enc, and the
+    # block multiplier fl(537.6 · fl(1/6)) = 89.6 (to float32 precision).
+    # Block A, amax 5: 5 · 89.6 = 448, dec_b = 448, v = x · 6 / 5.
+    # Block B, amax 0.7: 0.7 · 89.6 = 62.72, E4M3 neighbours 60 and 64:
     # dec_b = 64, v = x · 537.6 / 64 = x · 8.4.
     x = torch.tensor(
         [
@@ -176,10 +177,11 @@ def test_2d_block_scale_is_one_amax_per_tile():
     w = torch.randn(32, 32)
     q = nvfp4.quantize(w, tile=(16, 16))
     s_enc = torch.tensor(2688.0) / w.abs().max()  # not 2688.0 / t: torch multiplies by 1/t
+    multiplier = s_enc * torch.tensor(1 / 6, dtype=torch.float32)
     for i in range(2):
         for j in range(2):
             tile_amax = w[16 * i : 16 * (i + 1), 16 * j : 16 * (j + 1)].abs().max()
-            assert q.block_scales[i, j] == (tile_amax * s_enc / 6).to(E4M3)
+            assert q.block_scales[i, j] == (tile_amax * multiplier).to(E4M3)
 
 
 def test_leading_dimensions_are_kept():
@@ -210,6 +212,89 @@ def test_amax_reduce_sets_the_global_scale():
     assert q.amax.item() == UNIT_SCALE_AMAX and q.decode_scale.item() == 1.0
 
 
+def grid_rounding(v: torch.Tensor) -> torch.Tensor:
+    """E2M1 round-to-nearest-even by definition: the nearest grid value in float64, a
+    tie going to the even code (mantissa bit 0: magnitude index even)."""
+    grid = torch.tensor(nvfp4.E2M1_MAGNITUDES, dtype=torch.float64)
+    magnitude = v.double().abs().clamp(max=6.0)
+    distance = (magnitude[:, None] - grid).abs()
+    nearest = distance.min(dim=1, keepdim=True).values
+    candidates = distance == nearest
+    # among the (at most two) nearest, prefer the even index
+    even = candidates & (torch.arange(8) % 2 == 0)
+    index = torch.where(even.any(1), even.int().argmax(1), candidates.int().argmax(1))
+    return torch.copysign(grid[index], v.double()).float()
+
+
+def test_round_to_e2m1_matches_the_grid_definition_on_a_dense_sample():
+    # Every 4099th float32 in [0, 8), the boundaries and their neighbours, both signs.
+    sample = torch.arange(0, 0x41000000, 4099, dtype=torch.int32).view(torch.float32)
+    edges = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 1.0, 2.0, 4.0, 6.0, 8.0])
+    around = [torch.nextafter(edges, edges.new_full((), d)) for d in (math.inf, -math.inf)]
+    v = torch.cat([sample, edges, *around])
+    v = torch.cat([v, -v])
+    rounded = nvfp4.round_to_e2m1(v)
+    assert torch.equal(rounded, grid_rounding(v))
+    assert torch.equal(torch.signbit(rounded), torch.signbit(v))
+
+
+def test_quantize_dequantize_is_dequantize_of_quantize():
+    x = torch.randn(48, 64) * torch.logspace(-3, 3, 64)
+    x[3, :16] = 0.0
+    for view in (x, x.T.contiguous().T, x.T):
+        for tile, rht in (((1, 16), False), ((16, 16), False), ((1, 16), True)):
+            for rounding in ("rne", "stochastic"):
+                kwargs = dict(tile=tile, rounding=rounding, rht=rht)
+                expected = nvfp4.dequantize(
+                    nvfp4.quantize(view, generator=torch.Generator().manual_seed(3), **kwargs))
+                got = nvfp4.quantize_dequantize(
+                    view, generator=torch.Generator().manual_seed(3), **kwargs)
+                assert torch.equal(got, expected)
+                assert torch.equal(torch.signbit(got), torch.signbit(expected))
+
+
+@pytest.mark.parametrize("rounding", ["rne", "stochastic"])
+@pytest.mark.parametrize("tile", [(1, 16), (16, 16)])
+def test_a_transposed_view_quantizes_as_its_contiguous_copy(tile, rounding):
+    # The view is quantized where it lies (blocks down the columns of the memory);
+    # the random bits still follow the logical element order.
+    t = torch.randn(64, 48).bfloat16().T
+    assert not t.is_contiguous()
+    view, copy = (nvfp4.quantize(u, tile=tile, rounding=rounding,
+                                 generator=torch.Generator().manual_seed(5))
+                  for u in (t, t.contiguous()))
+    assert torch.equal(view.values, copy.values)
+    assert torch.equal(view.block_scales.float(), copy.block_scales.float())
+    assert view.amax == copy.amax and view.decode_scale == copy.decode_scale
+
+
+@pytest.mark.parametrize("tile", [(1, 16), (16, 16)])
+def test_chunked_passes_give_the_one_chunk_result(monkeypatch, tile):
+    x = torch.randn(96, 64) * torch.logspace(-2, 2, 64)
+    results = []
+    for chunk in (1 << 20, 512, 64):  # one chunk, several, and one tile row per chunk
+        monkeypatch.setattr(nvfp4, "_CPU_CHUNK", chunk)
+        for view in (x, x.T):
+            q = nvfp4.quantize(view, tile=tile, rounding="stochastic",
+                               generator=torch.Generator().manual_seed(0))
+            results.append((view is x, q))
+    for is_x, q in results:
+        reference = next(r for same, r in results if same == is_x)
+        assert torch.equal(q.values, reference.values)
+        assert torch.equal(q.block_scales.float(), reference.block_scales.float())
+
+
+def test_random_bytes_use_all_eight_bytes_of_each_draw():
+    # A draw over [0, 2^63) would leave every eighth byte below 128.
+    r = nvfp4.random_bytes((4096, 16), torch.Generator().manual_seed(0))
+    assert r.dtype == torch.uint8 and r.shape == (4096, 16)
+    for position in range(8):
+        high = (r.view(-1, 8)[:, position] >= 128).double().mean().item()
+        assert abs(high - 0.5) < 5 * 0.5 / math.sqrt(r.numel() / 8)
+    again = nvfp4.random_bytes((4096, 16), torch.Generator().manual_seed(0))
+    assert torch.equal(r, again)
+
+
 # Stochastic rounding.
 #
 # Between grid neighbours lo < hi = lo + step, one SR draw q is a Bernoulli
@@ -235,6 +320,23 @@ def test_sr_over_all_256_bit_patterns_has_exact_mean(v, lo, step, sign):
     q = nvfp4.stochastic_round_to_e2m1(torch.full((256,), sign * v), r)
     assert set(q.abs().tolist()) <= {lo, lo + step}
     assert q.double().mean().item() == sign * v
+
+
+def test_sr_is_the_reference_formula_for_every_bit_pattern():
+    # The formula as the reference writes it, in float32 operations.
+    def step(m):
+        return torch.where(m < 2, 0.5, torch.where(m < 4, 1.0, 2.0))
+
+    v = torch.tensor([0.0, 0.1, 0.3, 0.49, 0.5, 0.9, 1.2, 1.99, 2.0, 2.7, 3.99, 4.0, 5.3,
+                      5.99, 6.0, 6.5, 100.0, 1e-30])
+    v = torch.cat([v, -v])
+    r = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    vv, rr = v[:, None].expand(-1, 256), r[None, :].expand(v.numel(), -1)
+    t = vv.abs() + rr.float() / 256 * step(vv.abs())
+    expected = torch.copysign(torch.clamp(torch.floor(t / step(t)) * step(t), max=6.0), vv)
+    got = nvfp4.stochastic_round_to_e2m1(vv, rr)
+    assert torch.equal(got, expected)
+    assert torch.equal(torch.signbit(got), torch.signbit(expected))
 
 
 def test_sr_off_sub_grid_mean_is_floor_formula():

@@ -1,3 +1,6 @@
+import importlib
+from pathlib import Path
+
 import pytest
 
 
@@ -54,13 +57,28 @@ def single_process():
     destroy_distributed()
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` run where CUDA is present and are deselected (not skipped) elsewhere."""
+def _deselect_reason(item) -> str | None:
+    """Why this machine cannot run the test, or None where it can."""
     import torch
 
-    if torch.cuda.is_available():
-        return
-    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
-    if gpu_tests:
-        config.hook.pytest_deselected(items=gpu_tests)
-        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+    if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+        return "gpu"
+    for needed in item.iter_markers("imports"):
+        try:
+            importlib.import_module(needed.args[0])
+        except Exception:  # TE and mamba_ssm raise more than ImportError without their libraries
+            return "imports"
+    reference = item.get_closest_marker("reference")
+    if reference is not None and not Path(reference.args[0]).exists():
+        return "reference"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` (CUDA), `imports(module)` (TransformerEngine, mamba_ssm) or
+    `reference(path)` (a source tree fetched at run time) run where that is present and are deselected, not skipped,
+    elsewhere."""
+    deselected = [item for item in items if _deselect_reason(item)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item not in deselected]

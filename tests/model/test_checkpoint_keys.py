@@ -30,7 +30,6 @@ from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.dist_checkpointing.mapping import ShardedObject, apply_factories
 
 from nemotron_train.model.config import HybridModelConfig
-from nemotron_train.runtime.backends import transformer_engine_available
 
 OBJECT = "object"  # a ShardedObject (TE's `_extra_state`); every other key is a tensor
 
@@ -119,7 +118,7 @@ def test_standard_moe_has_no_latent_keys(single_process):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not transformer_engine_available(), reason="needs TransformerEngine")
+@pytest.mark.imports("transformer_engine")
 def test_te_spec_saves_the_same_keys_and_loads_a_local_checkpoint(single_process, tmp_path):
     """Where TE imports: the real TE spec's keys, and a local-spec checkpoint loaded under it."""
     from megatron.core import dist_checkpointing

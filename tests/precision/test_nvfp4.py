@@ -452,7 +452,6 @@ def test_bad_arguments_are_named(kwargs, match):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("tile, rht", [((1, 16), False), ((16, 16), False), ((1, 16), True)])
 def test_cuda_matches_cpu_bit_for_bit(tile, rht):
     x = torch.randn(64, 128) * torch.logspace(-3, 3, 128)

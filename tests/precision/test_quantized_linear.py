@@ -230,7 +230,6 @@ def test_tp_group_reduces_amax_so_shards_quantize_like_the_full_tensor(tmp_path)
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     x, w, dy = example()
     recipe = NVFP4Recipe(stochastic_rounding=False)

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
@@ -89,6 +90,12 @@ def build_optimizer(model_chunks, optim: OptimConfig, *, precision_fields: dict,
         **precision_fields,
     )
     return get_megatron_optimizer(config, model_chunks)
+
+
+def is_torch_adam(optimizer) -> bool:
+    """True for torch's Adam/AdamW, which Megatron-Core uses only when neither TransformerEngine
+    nor Apex imports (otherwise their FusedAdam, which keeps no per-parameter `step`)."""
+    return isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
 
 
 def build_scheduler(optimizer, optim: OptimConfig, steps: ScheduleSteps) -> OptimizerParamScheduler:

@@ -18,7 +18,6 @@ from megatron.core.num_microbatches_calculator import (
     init_num_microbatches_calculator,
 )
 from megatron.core.pipeline_parallel import get_forward_backward_func
-from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 from megatron.core.transformer.moe.moe_logging import get_moe_metrics_tracker
 
 from nemotron_train.data.curriculum import build_train_data
@@ -37,6 +36,7 @@ from nemotron_train.training.checkpoint import (
 from nemotron_train.training.forward_step import forward_step
 from nemotron_train.training.model_setup import build_model
 from nemotron_train.training.optimizer import build_optimizer, build_scheduler, schedule_steps
+from nemotron_train.training.seeding import seed_this_rank
 from nemotron_train.precision.presets import precision_settings
 
 logger = logging.getLogger(__name__)
@@ -103,8 +103,7 @@ def _train(config, run_dir, runtime, context, sigterm) -> TrainResult:
     if is_logging_rank:
         print(f"[nemotron-train] {runtime.describe()} world_size={context.world_size} "
               f"backend={context.backend} run_dir={run_dir}", flush=True)
-    torch.manual_seed(config.seed)
-    model_parallel_cuda_manual_seed(config.seed)
+    seed_this_rank(config.seed)
     train_cfg = config.train
     num_microbatches = train_cfg.global_batch_size // (
         train_cfg.micro_batch_size * context.data_parallel_size)
@@ -348,7 +347,10 @@ def _agree_on_run_dir(run_dir: Path) -> Path:
     # Each torchrun process composes its own timestamped Hydra dir; rank 0's wins.
     holder = [str(run_dir)]
     dist.broadcast_object_list(holder, src=0)
-    return Path(holder[0])
+    agreed = Path(holder[0])
+    if agreed != run_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()  # the empty dir Hydra made for this rank (it writes nothing there)
+    return agreed
 
 
 def _evaluations(train_cfg) -> int:

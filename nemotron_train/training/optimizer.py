@@ -75,8 +75,9 @@ def schedule_steps(optim: OptimConfig, max_steps: int, tokens_per_step: int) -> 
 
 
 def build_optimizer(model_chunks, optim: OptimConfig, *, precision_fields: dict,
-                    distributed_optimizer: bool):
-    """Megatron-Core's optimizer (Adam with decoupled weight decay) over the DDP-wrapped chunks."""
+                    distributed_optimizer: bool, overlap_param_gather: bool = False):
+    """Megatron-Core's optimizer (Adam with decoupled weight decay) over the DDP-wrapped chunks
+    (`overlap_param_gather` as their DDP config has it)."""
     config = OptimizerConfig(
         optimizer="adam",
         lr=optim.lr,
@@ -87,6 +88,7 @@ def build_optimizer(model_chunks, optim: OptimConfig, *, precision_fields: dict,
         adam_eps=optim.adam_eps,
         clip_grad=optim.clip_grad,
         use_distributed_optimizer=distributed_optimizer,
+        overlap_param_gather=overlap_param_gather,
         **precision_fields,
     )
     return get_megatron_optimizer(config, model_chunks)

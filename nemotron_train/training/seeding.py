@@ -1,4 +1,5 @@
-"""The random seeds of one rank: the run's seed, offset per pipeline stage as Megatron-LM does.
+"""The random seeds of one rank (the run's seed, offset per pipeline stage as Megatron-LM does),
+and deterministic kernels where a run asks for them.
 
 Megatron-LM (`megatron.training.initialize._set_random_seed`) adds 100 x the pipeline rank to
 the seed before seeding Python, NumPy, torch and Megatron-Core's tensor-parallel RNG tracker
@@ -7,6 +8,7 @@ starts from the same RNG state, so the repeated layer blocks of an even pipeline
 PP4) would be initialised with identical weights.
 """
 
+import os
 import random
 
 import numpy
@@ -33,3 +35,11 @@ def seed_this_rank(seed: int) -> int:
     torch.manual_seed(seeded)
     model_parallel_cuda_manual_seed(seeded)
     return seeded
+
+
+def use_deterministic_kernels() -> None:
+    """Make every CUDA kernel of this process deterministic (`train.deterministic`): torch's
+    deterministic algorithms (flash attention's backward among them; index_add for the MoE
+    unpermute) and cuBLAS's fixed workspace, which it reads when its first handle is made."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)

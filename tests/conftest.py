@@ -30,6 +30,9 @@ def single_process():
     destroy_distributed()
 
 
+GPU_DESELECTED = pytest.StashKey[int]()
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` run where CUDA is present and are deselected (not skipped) elsewhere."""
     import torch
@@ -37,6 +40,15 @@ def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
     gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    config.stash[GPU_DESELECTED] = len(gpu_tests)
     if gpu_tests:
         config.hook.pytest_deselected(items=gpu_tests)
         items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say how many `gpu` tests did not run here, instead of hiding them in the deselected count."""
+    count = config.stash.get(GPU_DESELECTED, 0)
+    if count:
+        terminalreporter.write_line(f"{count} tests marked gpu were deselected: no CUDA device here "
+                                    "(benchmarks/gpu/run.sh runs them on a GPU)", yellow=True)

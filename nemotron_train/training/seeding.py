@@ -40,6 +40,9 @@ def seed_this_rank(seed: int) -> int:
 def use_deterministic_kernels() -> None:
     """Make every CUDA kernel of this process deterministic (`train.deterministic`): torch's
     deterministic algorithms (flash attention's backward among them; index_add for the MoE
-    unpermute) and cuBLAS's fixed workspace, which it reads when its first handle is made."""
+    unpermute), cuBLAS's fixed workspace, which it reads when its first handle is made, and
+    TransformerEngine's deterministic attention, which Megatron-Core's deterministic_mode
+    requires and TE reads when its attention is built."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    os.environ.setdefault("NVTE_ALLOW_NONDETERMINISTIC_ALGO", "0")
     torch.use_deterministic_algorithms(True)

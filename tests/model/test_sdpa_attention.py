@@ -90,7 +90,8 @@ def test_local_spec_picks_it_where_cuda_is(single_process):
 
 @pytest.mark.gpu
 def test_on_cuda_bf16_matches_and_keeps_no_seq_by_seq_tensor(single_process):
-    oracle, fused = (m.cuda() for m in _pair(AttnMaskType.causal, bf16=True, params_dtype=torch.bfloat16))
+    oracle = _pair(AttnMaskType.causal)[0]  # fp32, on the fp32 copies of the inputs
+    fused = _pair(AttnMaskType.causal, bf16=True, params_dtype=torch.bfloat16)[1]
     small = _qkv(seq=256, device="cuda", dtype=torch.bfloat16)
     expected = _run(oracle, [t.float() for t in small])[0]
     torch.testing.assert_close(_run(fused, small)[0].float(), expected, rtol=2e-2, atol=2e-2)

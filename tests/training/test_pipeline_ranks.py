@@ -32,7 +32,8 @@ def pipeline_run(tmp_path_factory):
         "optim.warmup_steps=0", "logging.log_interval=1", "checkpoint.save_initial=true",
         "checkpoint.save_final=false", f"hydra.run.dir={root}/rank${{oc.env:RANK}}",
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    python_path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": python_path, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return root

@@ -9,13 +9,14 @@ runs the real training loop (`nemotron_train.training.loop.train`); the dry run
 
     python benchmarks/gpu_slice.py                   # on the GPU machine (benchmarks/gpu/run.sh)
     python benchmarks/gpu_slice.py --device cpu      # a rehearsal at tiny width on a CPU
+    python benchmarks/gpu_slice.py --estimate-only   # the dry run's figures only, any machine
 
 Figures: tokens/s (median over the timed steps, the optimizer step included), model TFLOP/s
 (the dry run's training FLOPs per token x tokens/s), MFU against the device's BF16 dense peak
 (datasheet) and against a measured 8192^3 BF16 matmul, peak memory allocated against the
 estimate, and per layer type the activation bytes one layer keeps for backward (memory
 allocated across its forward) against the estimate's. Writes `gpu_slice.json` (or
-`cpu_slice_rehearsal.json`) into --out.
+`cpu_slice_rehearsal.json`, or `gpu_slice_estimate.json`) into --out.
 """
 
 import argparse
@@ -122,6 +123,52 @@ class ActivationProbe:
         return {layer_type: statistics.median(values) for layer_type, values in self.deltas.items()}
 
 
+class AdamStepMemory:
+    """Peak memory allocated inside each optimizer step and between steps (forward, backward,
+    gradient clipping), from torch's global optimizer-step hooks, and the peaks over the run.
+
+    The split says where a peak above the estimate comes from: without TE or Apex the optimizer
+    is torch's multi-tensor (foreach) Adam, which allocates a temporary as large as its second
+    moments (4 bytes per parameter) inside the step; the estimate (TE's fused Adam) has none."""
+
+    def __init__(self, device):
+        self.device = device
+        self.outside, self.inside = [], []
+        self.overall_allocated = self.overall_reserved = 0
+        self._handles = []
+
+    def __enter__(self):
+        from torch.optim.optimizer import (
+            register_optimizer_step_post_hook,
+            register_optimizer_step_pre_hook,
+        )
+
+        if self.device.type == "cuda":
+            self._handles = [register_optimizer_step_pre_hook(self._before_step),
+                             register_optimizer_step_post_hook(self._after_step)]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        if self.device.type == "cuda":
+            self._take()  # what came after the last step
+
+    def _take(self) -> int:
+        """The peak since the last call (then reset), folded into the run's peaks."""
+        peak = torch.cuda.max_memory_allocated(self.device)
+        self.overall_allocated = max(self.overall_allocated, peak)
+        self.overall_reserved = max(self.overall_reserved, torch.cuda.max_memory_reserved(self.device))
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return peak
+
+    def _before_step(self, optimizer, args, kwargs):
+        self.outside.append(self._take())
+
+    def _after_step(self, optimizer, args, kwargs):
+        self.inside.append(self._take())
+
+
 def matmul_tflops(device, size=8192, repeats=10) -> float:
     """A measured BF16 GEMM ceiling on this device (random operands, after warm-up)."""
     a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
@@ -152,29 +199,29 @@ def machine_description(device) -> dict:
     return info
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    parser.add_argument("--warmup-steps", type=int, default=3)
-    parser.add_argument("--timed-steps", type=int, default=6)
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("RESULTS_DIR", REPO / "benchmarks/results")))
-    parser.add_argument("--run-dir", type=Path, default=Path("/tmp/nemotron_gpu_slice"))
-    parser.add_argument("overrides", nargs="*", help="more Hydra overrides, applied last")
-    args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device here (use --device cpu for the rehearsal)")
-    if args.device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the CPU runtime, as on a machine without a GPU
-    steps = args.warmup_steps + args.timed_steps
-    overrides = [*SLICE, *(TINY_WIDTH if args.device == "cpu" else []), f"train.max_steps={steps}",
-                 *args.overrides]
-    config = compose(overrides)
+def estimate_figures(estimate: dict) -> dict:
+    """The dry run's figures the measurement is compared with (stage 0: the whole slice)."""
+    stage = estimate["memory"]["stages"][0]
+    return dict(
+        params=dict(total=estimate["total_params"], active=estimate["active_params"], on_this_gpu=stage["params"]),
+        layers=estimate["layers"],
+        flops_per_token=estimate["flops_per_token"],
+        tokens_per_step=estimate["flops"]["tokens_per_step"],
+        estimate_peak_bytes=stage["peak"],
+        # The estimate less its runtime allowance: what the tensors themselves take.
+        estimate_without_reserve_bytes=stage["peak"] - stage["reserve"],
+        estimate_split={key: stage[key] for key in ("weights", "gradients", "optimizer", "activations", "reserve")},
+        estimate_loss_and_logits_bytes=stage["loss_and_mtp"],
+        estimate_activation_bytes_per_layer=estimate["memory"]["activation_bytes_per_layer"],
+        # torch's foreach AdamW (no TE, no Apex) allocates one fp32 tensor per parameter in its step.
+        foreach_adam_temporary_bytes=4 * stage["params"],
+    )
 
-    from nemotron_train.model.report import build_report
+
+def measure(config, args, figures: dict, device) -> dict:
+    """Train the slice through the real loop; its throughput and memory against `figures`."""
     from nemotron_train.training.loop import train
 
-    estimate = build_report(config)  # before train(): the dry run starts its own process group
-    device = torch.device(args.device)
     machine = machine_description(device)
     ceiling = matmul_tflops(device) if device.type == "cuda" else None
     if device.type == "cuda":
@@ -182,48 +229,80 @@ def main():
     started = time.perf_counter()
     shutil.rmtree(args.run_dir, ignore_errors=True)  # metrics.jsonl appends; a rerun starts clean
     args.run_dir.mkdir(parents=True)
-    layers = estimate["layers"]
-    with ActivationProbe(device, {t: layers[t] for t in ("mamba", "moe", "attention", "mlp")}) as probe:
+    layer_types = figures["estimate_activation_bytes_per_layer"]
+    with ActivationProbe(device, {t: figures["layers"][t] for t in ("mamba", "moe", "attention", "mlp")}) as probe, \
+            AdamStepMemory(device) as adam_memory:
         train(config, args.run_dir)
     wall = time.perf_counter() - started
     records = [json.loads(line) for line in (args.run_dir / "metrics.jsonl").read_text().splitlines()]
-    timed = [r for r in records if r["step"] > args.warmup_steps]
-    tokens_per_s = statistics.median(r["tokens_per_s"] for r in timed)
-    flops_per_token = estimate["flops_per_token"]
-    achieved = flops_per_token * tokens_per_s
-    stage = estimate["memory"]["stages"][0]
-    estimated_allocated = stage["peak"] - stage["reserve"]  # the estimate less its runtime allowance
-    peak_allocated = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    peak_reserved = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None
+    tokens_per_s = statistics.median(r["tokens_per_s"] for r in records if r["step"] > args.warmup_steps)
+    achieved = figures["flops_per_token"] * tokens_per_s
+    estimated = figures["estimate_without_reserve_bytes"]
+    on_cuda = device.type == "cuda"
+    peak = adam_memory.overall_allocated if on_cuda else None
+    # The first step also creates Adam's states: the later ones show the steady state.
+    outside_adam = max(adam_memory.outside[1:], default=None)
     measured_layers = probe.median_bytes()
-    estimated_layers = estimate["memory"]["activation_bytes_per_layer"]
-    result = dict(
-        command="python benchmarks/gpu_slice.py " + " ".join(
-            [f"--device {args.device}", *args.overrides]).strip(),
-        overrides=overrides, machine=machine, wall_seconds=wall,
-        steps=dict(warmup=args.warmup_steps, timed=args.timed_steps,
-                   tokens_per_step=estimate["flops"]["tokens_per_step"],
-                   losses=[r["loss"] for r in records], tokens_per_s=[r["tokens_per_s"] for r in records]),
+    return dict(
+        machine=machine, wall_seconds=wall,
+        steps=dict(warmup=args.warmup_steps, timed=args.timed_steps, losses=[r["loss"] for r in records],
+                   tokens_per_s=[r["tokens_per_s"] for r in records]),
         tokens_per_s=tokens_per_s,
-        step_seconds=estimate["flops"]["tokens_per_step"] / tokens_per_s,
-        flops_per_token=flops_per_token,
+        step_seconds=figures["tokens_per_step"] / tokens_per_s,
         model_tflops=achieved / 1e12,
-        mfu_vs_datasheet_bf16_dense=achieved / H200_BF16_DENSE_PEAK if device.type == "cuda" else None,
+        mfu_vs_datasheet_bf16_dense=achieved / H200_BF16_DENSE_PEAK if on_cuda else None,
         measured_bf16_matmul_tflops=ceiling,
         mfu_vs_measured_matmul=achieved / (ceiling * 1e12) if ceiling else None,
         memory=dict(
-            estimate_peak_bytes=stage["peak"], estimate_without_reserve_bytes=estimated_allocated,
-            estimate_split={key: stage[key] for key in ("weights", "gradients", "optimizer", "activations", "reserve")},
-            peak_allocated_bytes=peak_allocated, peak_reserved_bytes=peak_reserved,
-            allocated_over_estimate=peak_allocated / estimated_allocated if peak_allocated else None,
-            within_10_percent=abs(peak_allocated / estimated_allocated - 1) <= 0.10 if peak_allocated else None,
-            activation_bytes_per_layer={t: dict(measured=measured_layers.get(t), estimate=estimated_layers.get(t))
-                                        for t in estimated_layers},
+            peak_allocated_bytes=peak, peak_reserved_bytes=adam_memory.overall_reserved if on_cuda else None,
+            allocated_over_estimate=peak / estimated if peak else None,
+            within_10_percent=abs(peak / estimated - 1) <= 0.10 if peak else None,
+            peak_outside_adam_step_bytes=outside_adam,
+            outside_adam_step_over_estimate=outside_adam / estimated if outside_adam else None,
+            peak_inside_adam_step_bytes=max(adam_memory.inside[1:], default=None),
+            activation_bytes_per_layer={t: dict(measured=measured_layers.get(t), estimate=bytes_)
+                                        for t, bytes_ in layer_types.items()},
         ),
-        params=dict(total=estimate["total_params"], active=estimate["active_params"]),
     )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--estimate-only", action="store_true",
+                        help="write the dry run's figures for the full-width slice (gpu_slice_estimate.json), "
+                             "on any machine, and train nothing")
+    parser.add_argument("--warmup-steps", type=int, default=3)
+    parser.add_argument("--timed-steps", type=int, default=6)
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("RESULTS_DIR", REPO / "benchmarks/results")))
+    parser.add_argument("--run-dir", type=Path, default=Path("/tmp/nemotron_gpu_slice"))
+    parser.add_argument("overrides", nargs="*", help="more Hydra overrides, applied last")
+    args = parser.parse_args()
+    if args.device == "cuda" and not args.estimate_only and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here (use --device cpu for the rehearsal)")
+    if args.device == "cpu" and not args.estimate_only:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the CPU runtime, as on a machine without a GPU
+    tiny = args.device == "cpu" and not args.estimate_only
+    overrides = [*SLICE, *(TINY_WIDTH if tiny else []),
+                 f"train.max_steps={args.warmup_steps + args.timed_steps}", *args.overrides]
+    config = compose(overrides)
+
+    from nemotron_train.model.report import build_report
+
+    # Before train(): the dry run starts and ends its own process group.
+    figures = estimate_figures(build_report(config))
+    options = ["--estimate-only"] if args.estimate_only else [f"--device {args.device}"]
+    result = dict(command=" ".join(["python benchmarks/gpu_slice.py", *options, *args.overrides]),
+                  overrides=overrides, estimate=figures)
+    if args.estimate_only:
+        result["machine"] = machine_description(torch.device("cpu"))
+        name = "gpu_slice_estimate.json"
+    else:
+        device = torch.device(args.device)
+        result.update(measure(config, args, figures, device))
+        name = "gpu_slice.json" if device.type == "cuda" else "cpu_slice_rehearsal.json"
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / ("gpu_slice.json" if device.type == "cuda" else "cpu_slice_rehearsal.json")
+    out = args.out / name
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(summary(result))
     print(f"wrote {out}")
@@ -231,18 +310,29 @@ def main():
 
 def summary(result: dict) -> str:
     """A short table of the figures (the end of the run's output)."""
+    estimate = result["estimate"]
+    split = ", ".join(f"{key} {value / 1e9:.1f}" for key, value in estimate["estimate_split"].items())
+    lines = [f"estimate: {estimate['params']['on_this_gpu'] / 1e9:.2f}B parameters, "
+             f"{estimate['estimate_without_reserve_bytes'] / 1e9:.2f} GB without its allowance "
+             f"({split} GB); torch's foreach Adam would add {estimate['foreach_adam_temporary_bytes'] / 1e9:.2f} GB "
+             f"inside its step; {estimate['flops_per_token'] / 1e9:.2f} GFLOP per token"]
+    if "memory" not in result:
+        return "\n".join(lines)
     memory = result["memory"]
-    lines = [f"slice on {result['machine'].get('gpu', 'cpu')}: {result['tokens_per_s']:,.0f} tokens/s, "
-             f"{result['step_seconds']:.2f} s/step, {result['model_tflops']:.1f} model TFLOP/s"]
+    lines.append(f"slice on {result['machine'].get('gpu', 'cpu')}: {result['tokens_per_s']:,.0f} tokens/s, "
+                 f"{result['step_seconds']:.2f} s/step, {result['model_tflops']:.1f} model TFLOP/s")
     if result["mfu_vs_datasheet_bf16_dense"] is not None:
         lines.append(f"MFU {result['mfu_vs_datasheet_bf16_dense']:.1%} of the 989 TFLOP/s datasheet peak, "
                      f"{result['mfu_vs_measured_matmul']:.1%} of the measured "
                      f"{result['measured_bf16_matmul_tflops']:.0f} TFLOP/s matmul")
-        lines.append(f"peak allocated {memory['peak_allocated_bytes'] / 1e9:.2f} GB vs estimate "
-                     f"{memory['estimate_without_reserve_bytes'] / 1e9:.2f} GB (ratio "
+        lines.append(f"peak allocated {memory['peak_allocated_bytes'] / 1e9:.2f} GB (ratio to the estimate "
                      f"{memory['allocated_over_estimate']:.3f}, within 10%: {memory['within_10_percent']}); "
-                     f"reserved {memory['peak_reserved_bytes'] / 1e9:.2f} GB vs estimate with its "
-                     f"allowance {memory['estimate_peak_bytes'] / 1e9:.2f} GB")
+                     f"reserved {memory['peak_reserved_bytes'] / 1e9:.2f} GB vs the estimate with its "
+                     f"allowance {estimate['estimate_peak_bytes'] / 1e9:.2f} GB")
+    if memory["peak_outside_adam_step_bytes"]:
+        lines.append(f"  peak between optimizer steps {memory['peak_outside_adam_step_bytes'] / 1e9:.2f} GB "
+                     f"(ratio {memory['outside_adam_step_over_estimate']:.3f}); inside the Adam step "
+                     f"{memory['peak_inside_adam_step_bytes'] / 1e9:.2f} GB")
     for layer_type, row in memory["activation_bytes_per_layer"].items():
         measured = "-" if row["measured"] is None else f"{row['measured'] / 1e6:.1f} MB"
         lines.append(f"  {layer_type:<10} activations per layer: measured {measured}, "

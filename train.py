@@ -4,9 +4,13 @@ Hydra composes `recipes/` into a typed RunConfig; everything else happens in
 `nemotron_train.entry`.
 """
 
+import os
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from nemotron_train.config.hydra_output import rank_zero_only_overrides
 from nemotron_train.config.schema import register_schema
 
 register_schema()
@@ -20,4 +24,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv += rank_zero_only_overrides(os.environ)
     main()

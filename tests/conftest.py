@@ -57,8 +57,11 @@ def single_process():
     destroy_distributed()
 
 
+DESELECTED = pytest.StashKey[dict]()
+
+
 def _deselect_reason(item) -> str | None:
-    """Why this machine cannot run the test, or None where it can."""
+    """What this machine lacks to run the test (a marker's name), or None where it can."""
     import torch
 
     if item.get_closest_marker("gpu") and not torch.cuda.is_available():
@@ -76,9 +79,23 @@ def _deselect_reason(item) -> str | None:
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` (CUDA), `imports(module)` (TransformerEngine, mamba_ssm) or
-    `reference(path)` (a source tree fetched at run time) run where that is present and are deselected, not skipped,
-    elsewhere."""
-    deselected = [item for item in items if _deselect_reason(item)]
+    `reference(path)` (a source tree fetched at run time) run where that is present and are
+    deselected, not skipped, elsewhere."""
+    reasons = {item: _deselect_reason(item) for item in items}
+    deselected = [item for item in items if reasons[item]]
+    counts = {}
+    for item in deselected:
+        counts[reasons[item]] = counts.get(reasons[item], 0) + 1
+    config.stash[DESELECTED] = counts
     if deselected:
         config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if item not in deselected]
+        items[:] = [item for item in items if not reasons[item]]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say how many tests did not run here and why, instead of hiding them in the deselected count."""
+    why = {"gpu": "marked gpu: no CUDA device here (benchmarks/gpu/run.sh runs them on a GPU)",
+           "imports": "marked imports: an optional package does not import here",
+           "reference": "marked reference: the fetched source tree is absent"}
+    for reason, count in config.stash.get(DESELECTED, {}).items():
+        terminalreporter.write_line(f"{count} tests {why[reason]}", yellow=True)

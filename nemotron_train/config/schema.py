@@ -19,6 +19,7 @@ from nemotron_train.telemetry.metrics import LoggingConfig
 from nemotron_train.training.checkpoint import CheckpointConfig
 from nemotron_train.training.config import TrainConfig
 from nemotron_train.training.optimizer import OptimConfig
+from nemotron_train.training.throughput import ThroughputConfig
 
 
 @dataclass(kw_only=True)
@@ -39,6 +40,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
 
     def __post_init__(self):
         check_sequence_parallel_with_moe(self)

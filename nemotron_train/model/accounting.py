@@ -124,6 +124,7 @@ def count_parameters(model: HybridModelConfig, vocab_size: int) -> ModuleCounts:
     import torch.distributed as dist
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
+    from nemotron_train.runtime import te_fallbacks
     from nemotron_train.runtime.device_redirect import allocate_on
     from nemotron_train.runtime.distributed import (
         ParallelConfig,
@@ -138,16 +139,19 @@ def count_parameters(model: HybridModelConfig, vocab_size: int) -> ModuleCounts:
     parsed = model.parsed_pattern
     one_of_each = "".join(dict.fromkeys(parsed.main))
     mtp_suffix = f"/{parsed.mtp_block}" * parsed.mtp_depths
-    # The local spec builds on any machine; TE's spec holds the same parameter shapes.
+    # The local spec builds on any machine; TE's spec holds the same parameter shapes, and
+    # so does the flex dispatcher (whose DeepEP buffers cannot be built on the meta device).
     probe_config = dataclasses.replace(model, pattern=one_of_each + mtp_suffix,
-                                       num_layers=len(one_of_each), spec="local")
+                                       num_layers=len(one_of_each), spec="local",
+                                       moe_token_dispatcher_type="alltoall")
     prepare_runtime()
     initialize_distributed(ParallelConfig(backend="gloo"))
     try:
         model_parallel_cuda_manual_seed(0)
         transformer_config = probe_config.transformer_config(
             **megatron_parallel_fields(ParallelConfig()), perform_initialization=False)
-        with allocate_on(torch.device("meta")):
+        # TE's modules never reach the meta device: the local stand-ins hold the same shapes.
+        with allocate_on(torch.device("meta")), te_fallbacks.local_standins():
             probe = probe_config.build(transformer_config, vocab_size=vocab_size)
         return _counts_from_probe(probe, one_of_each, parsed.mtp_block or "")
     finally:

@@ -74,7 +74,10 @@ class HybridModelConfig:
     moe_aux_loss_coeff: float = 1e-4
     """Coefficient of the sequence-level balancing loss."""
     moe_token_dispatcher_type: str = "alltoall"
-    """Megatron-Core token dispatcher: 'alltoall' or 'allgather'."""
+    """Megatron-Core token dispatcher: 'alltoall', 'allgather', or 'flex' (DeepEP / HybridEP
+    kernels for large expert parallelism; GPU nodes with DeepEP installed)."""
+    moe_flex_dispatcher_backend: str = "deepep"
+    """The flex dispatcher's backend: 'deepep' or 'hybridep' (multi-node NVLink)."""
     moe_latent_size: Optional[int] = None
     """LatentMoE width l (experts and dispatch run at l < d); None for standard MoE."""
     moe_router_num_groups: Optional[int] = None
@@ -109,9 +112,12 @@ class HybridModelConfig:
         if self.moe_router_topk > self.num_experts:
             raise ConfigError("model.moe_router_topk", self.moe_router_topk,
                               f"choose at most model.num_experts={self.num_experts}")
-        if self.moe_token_dispatcher_type not in ("alltoall", "allgather"):
+        if self.moe_token_dispatcher_type not in ("alltoall", "allgather", "flex"):
             raise ConfigError("model.moe_token_dispatcher_type", self.moe_token_dispatcher_type,
-                              "choose 'alltoall' or 'allgather'")
+                              "choose 'alltoall', 'allgather' or 'flex'")
+        if self.moe_flex_dispatcher_backend not in ("deepep", "hybridep"):
+            raise ConfigError("model.moe_flex_dispatcher_backend", self.moe_flex_dispatcher_backend,
+                              "choose 'deepep' or 'hybridep'")
         if self.spec not in ("auto", "te", "local"):
             raise ConfigError("model.spec", self.spec, "choose 'auto', 'te' or 'local'")
         self._check_group_limited_routing()
@@ -166,6 +172,7 @@ class HybridModelConfig:
                 moe_router_load_balancing_type="seq_aux_loss",
                 moe_aux_loss_coeff=self.moe_aux_loss_coeff,
                 moe_token_dispatcher_type=self.moe_token_dispatcher_type,
+                moe_flex_dispatcher_backend=self.moe_flex_dispatcher_backend,
                 moe_grouped_gemm=False,
                 moe_latent_size=self.moe_latent_size,
                 moe_router_num_groups=self.moe_router_num_groups,
@@ -209,14 +216,18 @@ class HybridModelConfig:
 
     def build(self, transformer_config: TransformerConfig, vocab_size: int, *,
               pre_process: bool = True, post_process: bool = True, pg_collection=None,
-              vp_stage: Optional[int] = None):
-        """Build a bare Megatron-Core HybridModel for one pipeline stage (no DDP wrapping)."""
+              vp_stage: Optional[int] = None, spec: Optional[str] = None):
+        """Build a bare Megatron-Core HybridModel for one pipeline stage (no DDP wrapping).
+
+        `spec` is the layer spec the run plan resolved ('te' or 'local'); None resolves
+        `model.spec` here (precision/execution.py resolves it together with the precision path).
+        """
         from megatron.core.models.hybrid.hybrid_model import HybridModel
 
         from nemotron_train.model.specs import select_hybrid_stack_spec
 
         spec, _ = select_hybrid_stack_spec(
-            self.spec, context_parallel=transformer_config.context_parallel_size > 1)
+            spec or self.spec, context_parallel=transformer_config.context_parallel_size > 1)
         # MambaMixer takes its chunk size and conv width as constructor arguments, not from
         # the config.
         spec = copy.deepcopy(spec)

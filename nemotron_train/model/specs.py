@@ -43,11 +43,12 @@ from megatron.core.transformer.transformer_layer import (
 from nemotron_train.config.errors import ConfigError
 from nemotron_train.model.context_parallel_attention import ContextParallelAttention
 from nemotron_train.model.norms import RMSNorm, RMSNormWithExtraState
+from nemotron_train.model.sdpa_attention import ScaledDotProductAttention
 from nemotron_train.precision.parallel_linear import (
     QuantizedColumnParallelLinear,
     QuantizedRowParallelLinear,
 )
-from nemotron_train.runtime.backends import transformer_engine_available
+from nemotron_train.runtime.backends import cuda_available, transformer_engine_available
 
 
 # Checkpoint keys of the TE spec's fused norms: TELayerNormColumnParallelLinear saves its norm
@@ -72,17 +73,22 @@ class _LocalQuantizableSpecProvider(LocalSpecProvider):
             activation_func=self.activation_func()))
 
 
-def local_hybrid_stack_spec(context_parallel: bool = False) -> ModuleSpec:
+def local_hybrid_stack_spec(context_parallel: bool = False, fused_attention: bool | None = None) -> ModuleSpec:
     """The hybrid stack from Megatron-Core's non-TE modules (norms are separate modules).
 
     With `context_parallel`, attention is our `ContextParallelAttention`, since
     Megatron-Core's local `DotProductAttention` requires a context-parallel size of 1.
+    Otherwise, with `fused_attention` (default: where CUDA is), `DotProductAttention`'s core
+    runs through torch's fused attention kernels (`ScaledDotProductAttention`, same keys).
 
     Its column- and row-parallel linears are Megatron-Core's, subclassed so that the
     precision policy can switch each one to an emulated NVFP4 or MXFP8 GEMM
     (`precision/parallel_linear.py`); left alone they run Megatron-Core's own code.
     """
-    core_attention = ContextParallelAttention if context_parallel else DotProductAttention
+    if fused_attention is None:
+        fused_attention = cuda_available()
+    core_attention = ContextParallelAttention if context_parallel else (
+        ScaledDotProductAttention if fused_attention else DotProductAttention)
     dense_linears = MLPSubmodules(linear_fc1=QuantizedColumnParallelLinear,
                                   linear_fc2=QuantizedRowParallelLinear)
     return ModuleSpec(

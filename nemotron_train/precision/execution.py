@@ -10,6 +10,13 @@
   ``QuantizedColumnParallelLinear`` / ``QuantizedRowParallelLinear`` get their format
   from the policy, module by module (:func:`apply_precision_policy`).
 
+The path also fixes the layer spec, before anything is allocated: the emulation lives in
+the local spec's linears, so an emulated run builds the local spec even where TransformerEngine
+imports (``model.spec=auto``; ``model.spec=te`` is refused), and the native path needs TE's
+layers (``model.spec=local`` emulates instead; with ``precision.execution=native`` it is
+refused). Why not TE's fused layers with Megatron-Core's custom fp4 recipe instead:
+docs/gpu.md.
+
 :func:`plan_precision` makes the decision (one place) and :func:`apply_precision_plan`
 applies it to a built model.
 """
@@ -64,6 +71,14 @@ class PrecisionPlan:
     nvfp4_recipe: NVFP4Recipe
     transformer_fields: dict
     """The preset's dtype fields, plus the fp4 fields on the native path."""
+    spec: str = "local"
+    """The layer spec the model is built with: 'te' or 'local' (``model.spec`` resolved)."""
+    spec_reason: str = ""
+    """Why that spec, for the printed plan."""
+
+    def describe(self) -> str:
+        """The plan as the run prints it, before the model is built."""
+        return f"precision path: {self.description}; layer spec: {self.spec} ({self.spec_reason})"
 
 
 def native_nvfp4_available() -> bool:
@@ -74,18 +89,52 @@ def native_nvfp4_available() -> bool:
             and transformer_engine_available())
 
 
-def select_precision_path(precision: PrecisionConfig, native_available: bool) -> str:
+def select_precision_path(precision: PrecisionConfig, native_available: bool, spec: str = "auto") -> str:
     """'high_precision' for fp32/bf16; for nvfp4 'native' or 'emulated' as
-    ``precision.execution`` and the machine (``native_available``) allow."""
+    ``precision.execution``, ``model.spec`` and the machine (``native_available``) allow.
+
+    The local spec's linears are not TE's, so ``model.spec=local`` never takes the native path.
+    """
     if precision.recipe != "nvfp4":
         return "high_precision"
     if precision.execution == "native" and not native_available:
         raise ConfigError("precision.execution", "native",
                           "native NVFP4 needs TransformerEngine and a Blackwell GPU (compute "
                           "capability 10+); use precision.execution=auto or emulated")
-    if precision.execution == "emulated" or not native_available:
+    if precision.execution == "native" and spec == "local":
+        raise ConfigError("model.spec", "local",
+                          "native NVFP4 runs TransformerEngine's kernels, which only the TE spec's "
+                          "layers call; use model.spec=te (or auto), or precision.execution=emulated")
+    if precision.execution == "emulated" or not native_available or spec == "local":
         return "emulated"
     return "native"
+
+
+def select_layer_spec(spec: str, path: str, te_available: bool) -> tuple[str, str]:
+    """``(spec, reason)``: the layer spec ('te' or 'local') that ``model.spec`` resolves to on
+    precision path ``path``, where TransformerEngine imports or not (``te_available``).
+
+    Raises ConfigError for a combination that could only fail once the model is built.
+    """
+    if path == "emulated":
+        if spec == "te":
+            raise ConfigError("model.spec", "te",
+                              "emulated NVFP4 runs in the local spec's quantizable linears, not in "
+                              "TE's fused layers; use model.spec=auto or local (or native NVFP4 "
+                              "on a Blackwell GPU)")
+        return "local", ("emulated NVFP4 runs in the local spec's quantizable linears"
+                         + (", although TransformerEngine imports" if te_available else ""))
+    if path == "native":
+        return "te", "native NVFP4 runs in TransformerEngine's layers"
+    if spec == "te" and not te_available:
+        raise ConfigError("model.spec", "te",
+                          "TransformerEngine cannot be imported here; install the `gpu` extra or "
+                          "use model.spec=local (or auto)")
+    if spec == "local":
+        return "local", "model.spec=local"
+    if te_available:
+        return "te", f"model.spec={spec}, TransformerEngine imports"
+    return "local", "model.spec=auto, TransformerEngine does not import"
 
 
 def precision_policy(precision: PrecisionConfig, num_layers: int) -> PrecisionPolicy:
@@ -96,12 +145,20 @@ def precision_policy(precision: PrecisionConfig, num_layers: int) -> PrecisionPo
 
 
 def plan_precision(precision: PrecisionConfig, num_layers: int,
-                   native_available: bool | None = None) -> PrecisionPlan:
-    """Decide the path (probing the machine unless ``native_available`` is given) and
-    resolve the policy and the TransformerConfig fields for a ``num_layers`` main stack."""
+                   native_available: bool | None = None, *, spec: str = "auto",
+                   te_available: bool | None = None) -> PrecisionPlan:
+    """Decide the path and the layer spec for ``model.spec=spec`` (probing the machine unless
+    ``native_available`` / ``te_available`` are given) and resolve the policy and the
+    TransformerConfig fields for a ``num_layers`` main stack. Raises ConfigError, before
+    anything is built, for a spec the path cannot run in."""
     if native_available is None:
         native_available = precision.recipe == "nvfp4" and native_nvfp4_available()
-    path = select_precision_path(precision, native_available)
+    if te_available is None:
+        from nemotron_train.runtime.backends import transformer_engine_available
+
+        te_available = native_available or transformer_engine_available()
+    path = select_precision_path(precision, native_available, spec)
+    layer_spec, spec_reason = select_layer_spec(spec, path, te_available)
     policy = precision_policy(precision, num_layers)
     recipe = NVFP4Recipe(rht=precision.rht, stochastic_rounding=precision.stochastic_rounding,
                          weight_2d=precision.weight_2d)
@@ -112,7 +169,8 @@ def plan_precision(precision: PrecisionConfig, num_layers: int,
     description = {"native": NATIVE_DESCRIPTION, "emulated": EMULATED_DESCRIPTION,
                    "high_precision": f"{precision.recipe} (no quantized GEMMs)"}[path]
     return PrecisionPlan(path=path, description=description, policy=policy,
-                         nvfp4_recipe=recipe, transformer_fields=fields)
+                         nvfp4_recipe=recipe, transformer_fields=fields, spec=layer_spec,
+                         spec_reason=spec_reason)
 
 
 def apply_precision_plan(model, plan: PrecisionPlan) -> dict[str, str]:

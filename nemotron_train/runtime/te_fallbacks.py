@@ -1,13 +1,39 @@
 """Megatron-Core modules that hard-wire TransformerEngine, given local stand-ins.
 
-Active only where TransformerEngine cannot be imported (CPU, or a GPU image
-without TE); with TE present Megatron-Core runs untouched. Each stand-in keeps
-the parameter names of the TE module it replaces, so checkpoints match.
+Active for the whole process only where TransformerEngine cannot be imported (CPU, or a GPU
+image without TE); with TE present Megatron-Core runs untouched, except inside
+`local_standins()` (the dry run's meta-device probe, which never builds TE modules). Each
+stand-in keeps the parameter names and shapes of the TE module it replaces, so checkpoints
+and parameter counts match.
 """
+
+from contextlib import contextmanager
 
 from nemotron_train.runtime.backends import transformer_engine_available
 
 _installed = False
+
+
+def _swap_in(norm, linear) -> tuple:
+    """Point Megatron-Core at `norm` and `linear`; return what they replaced."""
+    from megatron.core.models.hybrid import hybrid_block
+    from megatron.core.transformer.moe import moe_layer
+
+    replaced = (hybrid_block.TENorm, moe_layer.TELinear, moe_layer.HAVE_TE)
+    # HybridStack builds its final norm as TENorm whatever the layer spec says.
+    hybrid_block.TENorm = norm
+    # LatentMoE asserts TE and builds its latent projections as TELinear.
+    moe_layer.TELinear = linear
+    moe_layer.HAVE_TE = True
+    return replaced
+
+
+def _standin_modules() -> tuple:
+    from nemotron_train.model.duplicated_linear import DuplicatedLinear
+    from nemotron_train.model.norms import RMSNormWithExtraState
+
+    # With an _extra_state like TENorm's, so both specs save the same checkpoint keys.
+    return RMSNormWithExtraState, DuplicatedLinear
 
 
 def install() -> bool:
@@ -16,16 +42,19 @@ def install() -> bool:
     if transformer_engine_available():
         return False
     if not _installed:
-        from megatron.core.models.hybrid import hybrid_block
-        from megatron.core.transformer.moe import moe_layer
-
-        from nemotron_train.model.duplicated_linear import DuplicatedLinear
-        from nemotron_train.model.norms import RMSNormWithExtraState
-
-        # HybridStack builds its final norm as TENorm whatever the layer spec says.
-        hybrid_block.TENorm = RMSNormWithExtraState
-        # LatentMoE asserts TE and builds its latent projections as TELinear.
-        moe_layer.HAVE_TE = True
-        moe_layer.TELinear = DuplicatedLinear
+        _swap_in(*_standin_modules())
         _installed = True
     return True
+
+
+@contextmanager
+def local_standins():
+    """The stand-ins inside this block on any machine, and whatever was there before after it."""
+    from megatron.core.models.hybrid import hybrid_block
+    from megatron.core.transformer.moe import moe_layer
+
+    norm, linear, have_te = _swap_in(*_standin_modules())
+    try:
+        yield
+    finally:
+        hybrid_block.TENorm, moe_layer.TELinear, moe_layer.HAVE_TE = norm, linear, have_te

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
 from nemotron_train.config.errors import ConfigError
+from nemotron_train.training.optimizer import is_torch_adam
 
 LATEST_FILE = "latest"
 
@@ -126,13 +127,15 @@ def _prune(checkpoint_dir: Path, keep_last: int) -> None:
 
 
 def _initialise_empty_optimizer_states(optimizer) -> None:
-    """Create the Adam states a run that has not stepped yet lacks.
+    """Create the Adam states a run that has not stepped yet lacks (torch's Adam only).
 
     DistributedOptimizer reads its state_dict (one common `step` over torch Adam's states,
-    without Apex or TE) before it initialises empty states for loading.
+    without Apex or TE) before it initialises empty states for loading. TE's and Apex's
+    FusedAdam keep the step in their param groups, and their `state_dict` rejects a
+    per-parameter `step`, so they are left alone.
     """
     for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
-        if getattr(inner, "init_state_fn", None) is None:
+        if getattr(inner, "init_state_fn", None) is None or not is_torch_adam(inner.optimizer):
             continue
         inner.init_state_fn(inner.optimizer, inner.config)
         for state in inner.optimizer.state.values():
@@ -153,8 +156,10 @@ def _restore_adam_steps(optimizer, loaded_state) -> None:
     states = loaded_state if isinstance(loaded_state, list) else [loaded_state]
     for inner, state in zip(inners, states):
         torch_optimizer = getattr(inner, "optimizer", None)
+        if not is_torch_adam(torch_optimizer):
+            continue
         saved_groups = state.get("optimizer", {}).get("param_groups", []) if isinstance(state, dict) else []
-        if torch_optimizer is None or len(saved_groups) != len(torch_optimizer.param_groups):
+        if len(saved_groups) != len(torch_optimizer.param_groups):
             continue
         for group, saved in zip(torch_optimizer.param_groups, saved_groups):
             if "step" not in saved:

@@ -35,6 +35,11 @@ class TrainConfig:
     short when floor(s * f) > floor((s - 1) * f), so 0.5 alternates long and short steps
     (nemotron_train/data/sequence_lengths.py)."""
 
+    deterministic: bool = False
+    """Deterministic kernels (torch.use_deterministic_algorithms and Megatron-Core's
+    deterministic_mode): reruns and resumes on GPUs give bit-identical losses, at some speed
+    cost. CPU runs are deterministic either way."""
+
     def __post_init__(self):
         for key in ("max_steps", "global_batch_size", "micro_batch_size"):
             if getattr(self, key) < 1:

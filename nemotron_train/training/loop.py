@@ -18,7 +18,6 @@ from megatron.core.num_microbatches_calculator import (
     init_num_microbatches_calculator,
 )
 from megatron.core.pipeline_parallel import get_forward_backward_func
-from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 from megatron.core.transformer.moe.moe_logging import get_moe_metrics_tracker
 
 from nemotron_train.data.curriculum import build_train_data
@@ -37,6 +36,8 @@ from nemotron_train.training.checkpoint import (
 from nemotron_train.training.forward_step import forward_step
 from nemotron_train.training.model_setup import build_model
 from nemotron_train.training.optimizer import build_optimizer, build_scheduler, schedule_steps
+from nemotron_train.training.seeding import seed_this_rank, use_deterministic_kernels
+from nemotron_train.training.throughput import synchronized_parameters
 from nemotron_train.precision.presets import precision_settings
 
 logger = logging.getLogger(__name__)
@@ -103,8 +104,9 @@ def _train(config, run_dir, runtime, context, sigterm) -> TrainResult:
     if is_logging_rank:
         print(f"[nemotron-train] {runtime.describe()} world_size={context.world_size} "
               f"backend={context.backend} run_dir={run_dir}", flush=True)
-    torch.manual_seed(config.seed)
-    model_parallel_cuda_manual_seed(config.seed)
+    seed_this_rank(config.seed)
+    if config.train.deterministic:
+        use_deterministic_kernels()
     train_cfg = config.train
     num_microbatches = train_cfg.global_batch_size // (
         train_cfg.micro_batch_size * context.data_parallel_size)
@@ -117,6 +119,7 @@ def _train(config, run_dir, runtime, context, sigterm) -> TrainResult:
         setup.chunks, config.optim,
         precision_fields=precision_settings(config.precision).optimizer,
         distributed_optimizer=config.parallel.distributed_optimizer,
+        overlap_param_gather=setup.plan.throughput.settings["overlap_param_gather"],
     )
     tokens_per_step = train_cfg.global_batch_size * config.model.seq_length
     scheduler = build_scheduler(optimizer, config.optim,
@@ -165,13 +168,16 @@ def _train(config, run_dir, runtime, context, sigterm) -> TrainResult:
         if metrics.should_log(state.step):
             metrics.log_step(state.step, step_metrics)
         if train_cfg.eval_interval and state.step % train_cfg.eval_interval == 0:
-            metrics.log_step(state.step, {**step_metrics, **evaluate(config, setup, data.valid_dataset, context)})
+            with synchronized_parameters(setup.chunks):
+                valid = evaluate(config, setup, data.valid_dataset, context)
+            metrics.log_step(state.step, {**step_metrics, **valid})
         steps_this_job = state.step - result.start_step
         exit_now = bool(train_cfg.exit_interval) and steps_this_job % train_cfg.exit_interval == 0
         stop = (_any_rank(sigterm.received, context.device) or exit_now) and state.step < train_cfg.max_steps
         if _should_save(config.checkpoint, state.step, train_cfg.max_steps) or stop:
-            result.checkpoint = save_checkpoint(checkpoint_dir, state, setup.chunks, optimizer,
-                                                scheduler, keep_last=config.checkpoint.keep_last)
+            with synchronized_parameters(setup.chunks):
+                result.checkpoint = save_checkpoint(checkpoint_dir, state, setup.chunks, optimizer,
+                                                    scheduler, keep_last=config.checkpoint.keep_last)
         if stop:
             if is_logging_rank:
                 reason = "SIGTERM" if sigterm.received else "train.exit_interval"
@@ -348,7 +354,10 @@ def _agree_on_run_dir(run_dir: Path) -> Path:
     # Each torchrun process composes its own timestamped Hydra dir; rank 0's wins.
     holder = [str(run_dir)]
     dist.broadcast_object_list(holder, src=0)
-    return Path(holder[0])
+    agreed = Path(holder[0])
+    if agreed != run_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()  # the empty dir Hydra made for this rank (it writes nothing there)
+    return agreed
 
 
 def _evaluations(train_cfg) -> int:

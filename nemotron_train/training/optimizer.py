@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
@@ -74,8 +75,9 @@ def schedule_steps(optim: OptimConfig, max_steps: int, tokens_per_step: int) -> 
 
 
 def build_optimizer(model_chunks, optim: OptimConfig, *, precision_fields: dict,
-                    distributed_optimizer: bool):
-    """Megatron-Core's optimizer (Adam with decoupled weight decay) over the DDP-wrapped chunks."""
+                    distributed_optimizer: bool, overlap_param_gather: bool = False):
+    """Megatron-Core's optimizer (Adam with decoupled weight decay) over the DDP-wrapped chunks
+    (`overlap_param_gather` as their DDP config has it)."""
     config = OptimizerConfig(
         optimizer="adam",
         lr=optim.lr,
@@ -86,9 +88,16 @@ def build_optimizer(model_chunks, optim: OptimConfig, *, precision_fields: dict,
         adam_eps=optim.adam_eps,
         clip_grad=optim.clip_grad,
         use_distributed_optimizer=distributed_optimizer,
+        overlap_param_gather=overlap_param_gather,
         **precision_fields,
     )
     return get_megatron_optimizer(config, model_chunks)
+
+
+def is_torch_adam(optimizer) -> bool:
+    """True for torch's Adam/AdamW, which Megatron-Core uses only when neither TransformerEngine
+    nor Apex imports (otherwise their FusedAdam, which keeps no per-parameter `step`)."""
+    return isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
 
 
 def build_scheduler(optimizer, optim: OptimConfig, steps: ScheduleSteps) -> OptimizerParamScheduler:

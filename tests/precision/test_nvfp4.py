@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nemotron_train.precision import nvfp4
-from nemotron_train.precision.hadamard import random_hadamard_transform
+from nemotron_train.precision.hadamard import random_hadamard_transform, rht_matrix
 
 E4M3 = torch.float8_e4m3fn
 # amax = 6·448 gives S_enc = S_dec = 1 exactly, and a block whose amax is 6
@@ -455,8 +455,28 @@ def test_bad_arguments_are_named(kwargs, match):
 @pytest.mark.parametrize("tile, rht", [((1, 16), False), ((16, 16), False), ((1, 16), True)])
 def test_cuda_matches_cpu_bit_for_bit(tile, rht):
     x = torch.randn(64, 128) * torch.logspace(-3, 3, 128)
-    cpu = nvfp4.quantize(x, tile=tile, rht=rht)
+    source = x
+    if rht:
+        # The rotation is a float32 GEMM whose summation order is the BLAS library's: the
+        # devices differ by at most the float32 error bound of a 16-term dot product
+        # (16 u sum |x_i h_i|, which covers cancellation) plus one BF16 step from rounding.
+        # The quantizer after it must agree bit for bit.
+        on_cuda = random_hadamard_transform(x.cuda()).cpu().float()
+        on_cpu = random_hadamard_transform(x).float()
+        dot_error = 16 * 2.0**-24 * (x.abs().reshape(-1, 16) @ rht_matrix().abs()).reshape(x.shape)
+        step = torch.finfo(torch.bfloat16).eps * on_cpu.abs()
+        assert ((on_cuda - on_cpu).abs() <= step + 2 * dot_error).all()
+        source = on_cuda
+    cpu = nvfp4.quantize(source, tile=tile)
     gpu = nvfp4.quantize(x.cuda(), tile=tile, rht=rht)
     assert torch.equal(gpu.values.cpu(), cpu.values)
     assert torch.equal(gpu.block_scales.cpu().float(), cpu.block_scales.float())
     assert torch.equal(gpu.decode_scale.cpu(), cpu.decode_scale)
+
+
+@pytest.mark.gpu
+def test_cuda_stochastic_rounding_matches_cpu_for_the_same_bits():
+    v = torch.linspace(-7, 7, 4096)
+    bits = torch.randint(256, v.shape, generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
+    on_cuda = nvfp4.stochastic_round_to_e2m1(v.cuda(), bits.cuda()).cpu()
+    assert torch.equal(on_cuda, nvfp4.stochastic_round_to_e2m1(v, bits))

@@ -473,3 +473,22 @@ def test_matches_mamba_ssm_kernel():
     # Triton's tl.dot multiplies float32 in TF32.
     for ours, theirs in zip(*results):
         assert relative_error(ours, theirs) < 1e-2
+
+
+@pytest.mark.gpu
+def test_cuda_matches_the_cpu_result():
+    """The same scan, forward and backward, on CUDA and on CPU (float32, TF32 off by default)."""
+    inputs = make_inputs(batch=2, seqlen=300, nheads=8, headdim=16, ngroups=2, dstate=16)
+    options = dict(chunk_size=64, seq_idx=documents([[100, 37, 163], [300]]).int(),
+                   initial_states=torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(3)),
+                   rmsnorm_weight=torch.linspace(0.5, 1.5, 128), norm_before_gate=False,
+                   return_final_states=True)
+    results = []
+    for device in ("cpu", "cuda"):
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in {**inputs, **options}.items()}
+        leaves = [moved[name].detach().clone().requires_grad_() for name in DIFFERENTIABLE]
+        out, final_states = mamba_split_conv1d_scan_combined(**{**moved, **dict(zip(DIFFERENTIABLE, leaves))})
+        grads = torch.autograd.grad(out, leaves, torch.ones_like(out))
+        results.append([t.cpu() for t in (out, final_states, *grads)])
+    for on_cpu, on_cuda in zip(*results):
+        assert relative_error(on_cuda, on_cpu) < 1e-5

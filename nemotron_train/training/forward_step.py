@@ -7,6 +7,8 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.utils import get_batch_on_this_cp_rank
 
+from nemotron_train.training.step_timing import straggler_timer
+
 
 def forward_step(data_iterator, model, *, device: torch.device):
     """Megatron-Core's forward-step contract: return the model output and its loss function."""
@@ -19,7 +21,8 @@ def forward_step(data_iterator, model, *, device: torch.device):
     loss_mask, position_ids = batch["loss_mask"], batch["position_ids"]
     # attention_mask=None: the attention layers are causal by type, and no
     # boolean mask has to be materialised at sequence length squared.
-    output = model(tokens, position_ids, None, labels=labels, loss_mask=loss_mask)
+    with straggler_timer():
+        output = model(tokens, position_ids, None, labels=labels, loss_mask=loss_mask)
     return output, partial(masked_token_loss, loss_mask)
 
 

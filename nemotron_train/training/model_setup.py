@@ -1,6 +1,7 @@
 """Build this rank's model chunk from the run config and wrap it in Megatron-Core's DDP."""
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch.distributed as dist
 from megatron.core import parallel_state
@@ -11,6 +12,10 @@ from megatron.core.transformer.module import Float16Module
 
 from nemotron_train.model.config import padded_vocab_size
 from nemotron_train.precision.execution import apply_precision_plan, plan_precision
+from nemotron_train.precision.stochastic_rounding import (
+    StochasticRoundingStream,
+    attach_rounding_stream,
+)
 from nemotron_train.runtime.distributed import megatron_parallel_fields
 
 
@@ -21,6 +26,8 @@ class ModelSetup:
     chunks: list
     transformer_config: TransformerConfig
     vocab_size: int
+    rounding_stream: Optional[StochasticRoundingStream] = None
+    """The emulated NVFP4 stochastic rounding's own random stream (None without it)."""
 
 
 def build_transformer_config(config) -> TransformerConfig:
@@ -48,6 +55,10 @@ def build_model(config, tokenizer_vocab_size: int, device) -> ModelSetup:
     # On the bare model: the policy's rules name HybridModel's modules, not a wrapper's.
     plan = plan_precision(config.precision, config.model.num_layers)
     apply_precision_plan(model, plan)
+    rounding_stream = None
+    if plan.path == "emulated" and plan.nvfp4_recipe.stochastic_rounding:
+        rounding_stream = StochasticRoundingStream(config.seed, dist.get_rank(), device)
+        attach_rounding_stream(model, rounding_stream)
     if transformer_config.bf16 or transformer_config.fp16:
         # As Megatron-LM does: one dtype for every parameter (MambaMixer keeps A_log and D
         # in fp32 otherwise), fp32 logits out; the optimizer keeps fp32 main params.
@@ -60,4 +71,5 @@ def build_model(config, tokenizer_vocab_size: int, device) -> ModelSetup:
         use_distributed_optimizer=config.parallel.distributed_optimizer,
     )
     chunk = DistributedDataParallel(config=transformer_config, ddp_config=ddp_config, module=model)
-    return ModelSetup(chunks=[chunk], transformer_config=transformer_config, vocab_size=vocab_size)
+    return ModelSetup(chunks=[chunk], transformer_config=transformer_config, vocab_size=vocab_size,
+                      rounding_stream=rounding_stream)

@@ -122,14 +122,15 @@ class MetricsLogger:
                   if k.startswith(("moe_", "mtp_", "seq_", "valid_")) and isinstance(record[k], (int, float))]
         print(" | ".join([line, *extras]), file=sys.stdout, flush=True)
 
-    def log_event(self, step: int, kind: str, message: str, **details) -> None:
-        """Record an event of `kind` at `step` in events.jsonl and print `message`."""
+    def log_event(self, step: int, kind: str, message: str, *, echo: bool = True, **details) -> None:
+        """Record an event of `kind` at `step` in events.jsonl and print `message` (if `echo`)."""
         if not self.enabled:
             return
         record = {"step": step, "event": kind, "message": message,
                   **{k: _plain(v) for k, v in details.items()}, "time": time.time()}
         self._events.write(json.dumps(record) + "\n")
-        print(f"[nemotron-train] step {step}: {message}", file=sys.stdout, flush=True)
+        if echo:
+            print(f"[nemotron-train] step {step}: {message}", file=sys.stdout, flush=True)
 
     def close(self) -> None:
         if self._jsonl is not None:

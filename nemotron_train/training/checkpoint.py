@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.serialization import load_common_state_dict
+from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
 from nemotron_train.config.errors import ConfigError
 from nemotron_train.training.checkpoint_integrity import LATEST_FILE, latest_checkpoint
@@ -37,6 +38,7 @@ __all__ = ["CheckpointConfig", "TrainState", "LATEST_FILE", "iteration_dir", "re
            "checkpoint_state", "save_checkpoint", "load_checkpoint", "LoadedCheckpoint"]
 
 ASYNC_STRATEGIES = ("auto", "nvrx", "mcore")
+OPTIMIZER_FORMATS = ("dp_reshardable", "fully_reshardable")
 
 
 @dataclass(kw_only=True)
@@ -76,12 +78,20 @@ class CheckpointConfig:
     verify_integrity: bool = False
     """Write a SHA-256 manifest with every checkpoint and check it before resuming (one more
     read of the checkpoint at save and at load, on rank 0)."""
+    optimizer_format: str = "dp_reshardable"
+    """How the distributed optimizer's state is saved: 'dp_reshardable' (each rank writes its
+    shard, no communication; loads only under the same TP/PP/EP/CP, any DP) or
+    'fully_reshardable' (gathered per parameter on data-parallel rank 0 at save; loads under
+    any layout). A checkpoint loads in the format it was saved in, whatever this says."""
 
     def __post_init__(self):
         if self.save_interval < 0:
             raise ConfigError("checkpoint.save_interval", self.save_interval, "must be >= 0")
         if self.keep_last < 0:
             raise ConfigError("checkpoint.keep_last", self.keep_last, "must be >= 0")
+        if self.optimizer_format not in OPTIMIZER_FORMATS:
+            raise ConfigError("checkpoint.optimizer_format", self.optimizer_format,
+                              f"choose one of {OPTIMIZER_FORMATS}")
         if self.async_strategy not in ASYNC_STRATEGIES:
             raise ConfigError("checkpoint.async_strategy", self.async_strategy,
                               f"choose one of {ASYNC_STRATEGIES}")
@@ -123,7 +133,8 @@ def resolve_checkpoint(path) -> Optional[Path]:
     return None
 
 
-def _sharded_state(model_chunks, optimizer, *, is_loading: bool, weights_only: bool = False) -> dict:
+def _sharded_state(model_chunks, optimizer, *, is_loading: bool, weights_only: bool = False,
+                   optimizer_format: str = "dp_reshardable") -> dict:
     model_state = {}
     for index, chunk in enumerate(model_chunks):
         key = "model" if len(model_chunks) == 1 else f"model{index}"
@@ -133,17 +144,16 @@ def _sharded_state(model_chunks, optimizer, *, is_loading: bool, weights_only: b
     optimizer_state = optimizer.sharded_state_dict(
         model_state if len(model_chunks) > 1 else model_state["model"], is_loading=is_loading,
         # The distributed optimizer's default format (flattened ranges) is rejected by
-        # dist_checkpointing in this release, and loading 'fully_reshardable' fails for
-        # torch's Adam (its per-state `step`); this format reshards across DP only.
-        metadata={"distrib_optim_sharding_type": "dp_reshardable"},
+        # dist_checkpointing in this release (checkpoint.optimizer_format: the two that work).
+        metadata={"distrib_optim_sharding_type": optimizer_format},
     )
     return {**model_state, "optimizer": optimizer_state}
 
 
 def checkpoint_state(state: TrainState, model_chunks, optimizer, scheduler, *,
-                     rounding_stream=None) -> dict:
+                     rounding_stream=None, optimizer_format: str = "dp_reshardable") -> dict:
     """Everything a checkpoint holds, as dist_checkpointing's sharded state dict."""
-    sharded = _sharded_state(model_chunks, optimizer, is_loading=False)
+    sharded = _sharded_state(model_chunks, optimizer, is_loading=False, optimizer_format=optimizer_format)
     sharded["train_state"] = asdict(state)
     sharded["scheduler"] = scheduler.state_dict()
     sharded[LAYOUT_KEY] = RngLayout.current().as_dict()
@@ -175,6 +185,73 @@ def _initialise_empty_optimizer_states(optimizer) -> None:
         inner.init_state_fn(inner.optimizer, inner.config)
         for state in inner.optimizer.state.values():
             state.setdefault("step", torch.tensor(0.0))
+
+
+def _saved_optimizer_format(common_state: dict) -> Optional[str]:
+    """The distributed optimizer format a checkpoint was saved in (None: a regular optimizer)."""
+    optimizer_state = common_state.get("optimizer")
+    if isinstance(optimizer_state, dict) and "param_state_sharding_type" not in optimizer_state:
+        optimizer_state = list(optimizer_state.values())  # a ChainedOptimizer's, by index
+    states = optimizer_state if isinstance(optimizer_state, list) else [optimizer_state]
+    for state in states:
+        if isinstance(state, dict) and "param_state_sharding_type" in state:
+            return state["param_state_sharding_type"]
+    return None
+
+
+def check_optimizer_reshardable(common_state: dict, distributed_optimizer: bool, layout: RngLayout) -> None:
+    """Raise ConfigError, before anything is loaded, when the checkpoint's optimizer state cannot
+    be loaded into this run's optimizer and layout (docs/failures.md has the table)."""
+    saved_format = _saved_optimizer_format(common_state)
+    if (saved_format is not None) != distributed_optimizer:
+        saved = "with" if saved_format else "without"
+        raise ConfigError("parallel.distributed_optimizer", distributed_optimizer,
+                          f"the checkpoint was saved {saved} the distributed optimizer: resume with "
+                          f"parallel.distributed_optimizer={str(saved_format is not None).lower()}, "
+                          "or load its weights only with checkpoint.finetune=true")
+    saved_layout = common_state.get(LAYOUT_KEY)
+    if saved_format != "dp_reshardable" or saved_layout is None:
+        return
+    changed = [f"parallel.{key}={saved_layout[key]}" for key in ("tensor", "pipeline", "context", "expert")
+               if saved_layout[key] != getattr(layout, key)]
+    if changed:
+        raise ConfigError("checkpoint.optimizer_format", "dp_reshardable",
+                          f"the checkpoint's distributed-optimizer state loads only under its own "
+                          f"model-parallel layout ({', '.join(changed)}; any data-parallel size): "
+                          "resume with that layout, load weights only with checkpoint.finetune=true, "
+                          "or save with checkpoint.optimizer_format=fully_reshardable to change layouts")
+
+
+def _is_distributed_optimizer(optimizer) -> bool:
+    return any(isinstance(inner, DistributedOptimizer)
+               for inner in getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def _load_fully_reshardable(optimizer, loaded_state) -> None:
+    """`optimizer.load_state_dict` for a `fully_reshardable` checkpoint, in its two halves.
+
+    Fills a Megatron-Core 0.19.2 gap on the path without Apex or TE: the loader first gives
+    torch Adam's state a `step` tensor, then copies every tensor of each parameter's state
+    from the checkpoint, `step` included, which that format does not hold per parameter
+    (KeyError: 'step'). So the per-parameter tensors are loaded here with `step` set aside;
+    the steps come back from the saved param groups (`_restore_adam_steps`).
+    """
+    inners = getattr(optimizer, "chained_optimizers", [optimizer])
+    if isinstance(loaded_state, dict) and len(inners) > 1:
+        loaded_state = [value for _, value in sorted(loaded_state.items())]
+    states = loaded_state if isinstance(loaded_state, list) else [loaded_state]
+    for inner, state in zip(inners, states, strict=True):
+        param_state = state.pop("param_state", None)
+        inner.load_state_dict(state)  # param groups, torch Adam's states, the grad scaler
+        if param_state is None:
+            continue
+        torch_states = inner.optimizer.state.values()
+        steps = [(st, st.pop("step")) for st in torch_states if torch.is_tensor(st.get("step"))]
+        inner.load_parameter_state_from_fully_reshardable(param_state)
+        for st, step in steps:
+            st["step"] = step
+    if hasattr(optimizer, "_synchronize_steps"):  # ChainedOptimizer: one step for all groups
+        optimizer._synchronize_steps()
 
 
 def _restore_adam_steps(optimizer, loaded_state) -> None:
@@ -216,11 +293,14 @@ def load_checkpoint(path, model_chunks, optimizer, scheduler, *, weights_only: b
     if checkpoint is None:
         raise ConfigError("checkpoint.load", str(path),
                           "no checkpoint there: name a checkpoint dir with a `latest` file or an iter_* dir")
+    common = {} if weights_only else load_common_state_dict(str(checkpoint))
+    optimizer_format = _saved_optimizer_format(common) or "dp_reshardable"
     if not weights_only:
+        check_optimizer_reshardable(common, _is_distributed_optimizer(optimizer), RngLayout.current())
         _initialise_empty_optimizer_states(optimizer)
-    sharded = _sharded_state(model_chunks, optimizer, is_loading=True, weights_only=weights_only)
-    if not weights_only and restorable(load_common_state_dict(str(checkpoint)).get(LAYOUT_KEY),
-                                       RngLayout.current()):
+    sharded = _sharded_state(model_chunks, optimizer, is_loading=True, weights_only=weights_only,
+                             optimizer_format=optimizer_format)
+    if restorable(common.get(LAYOUT_KEY), RngLayout.current()):
         sharded[RNG_KEY] = rng_state_placeholder()
     loaded = dist_checkpointing.load(sharded, str(checkpoint), _load_strategy(fully_parallel))
     for index, chunk in enumerate(model_chunks):
@@ -231,7 +311,10 @@ def load_checkpoint(path, model_chunks, optimizer, scheduler, *, weights_only: b
     with torch.no_grad():
         # With fp32 params the distributed optimizer's main params are views of the model's
         # leaf parameters, and its loader copies into them in place.
-        optimizer.load_state_dict(loaded["optimizer"])
+        if optimizer_format == "fully_reshardable":
+            _load_fully_reshardable(optimizer, loaded["optimizer"])
+        else:
+            optimizer.load_state_dict(loaded["optimizer"])
     _restore_adam_steps(optimizer, loaded["optimizer"])
     # OptimizerParamScheduler.load_state_dict adds the saved step count to its own (right
     # only for a fresh scheduler); a rollback loads into one that has stepped.

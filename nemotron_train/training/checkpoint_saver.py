@@ -80,11 +80,16 @@ class SaveReport:
 
 
 class CheckpointSaver:
-    """Saves into `checkpoint_dir`; call `poll()` once per step and `close()` before exit."""
+    """Saves into `checkpoint_dir`; call `poll()` once per step and `close()` before exit.
 
-    def __init__(self, checkpoint_dir: Path, options: SaveOptions):
+    `on_published(checkpoint, write_s)` is called on every rank when a checkpoint is
+    published, with the seconds from the start of its save.
+    """
+
+    def __init__(self, checkpoint_dir: Path, options: SaveOptions, on_published=None):
         self.checkpoint_dir = Path(checkpoint_dir)
         self.options = options
+        self.on_published = on_published
         self._strategy = TorchDistSaveShardedStrategy()
         group = parallel_state.get_data_parallel_group(with_context_parallel=True)
         if options.fully_parallel and dist.get_world_size(group) > 1:
@@ -123,7 +128,7 @@ class CheckpointSaver:
             verify_integrity=self.options.verify_integrity,
         )
         self._validated = True
-        publish = partial(_publish, self.checkpoint_dir, staging, final, self.options.keep_last)
+        publish = partial(self._publish, staging, final, started)
         if request is None:
             publish()
         else:
@@ -146,6 +151,12 @@ class CheckpointSaver:
         if self._queue is not None:
             self._queue.close()
             self._queue = None
+
+
+    def _publish(self, staging: Path, final: Path, started: float) -> None:
+        _publish(self.checkpoint_dir, staging, final, self.options.keep_last)
+        if self.on_published is not None:
+            self.on_published(final, time.perf_counter() - started)
 
 
 def _publish(checkpoint_dir: Path, staging: Path, final: Path, keep_last: int) -> None:

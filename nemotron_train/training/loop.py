@@ -22,7 +22,6 @@ from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 from megatron.core.transformer.moe.moe_logging import get_moe_metrics_tracker
 
 from nemotron_train.data.curriculum import build_train_data
-from nemotron_train.data.datasets import build_data_iterator
 from nemotron_train.data.sequence_lengths import SequenceLengthSchedule
 from nemotron_train.data.tokenizer import build_tokenizer
 from nemotron_train.runtime.distributed import destroy_distributed, initialize_distributed
@@ -30,7 +29,7 @@ from nemotron_train.runtime.setup import prepare_runtime
 from nemotron_train.telemetry.metrics import MetricsLogger, format_duration
 from nemotron_train.training.checkpoint import LoadedCheckpoint, TrainState, checkpoint_state
 from nemotron_train.training.checkpoint_saver import CheckpointSaver, resolve_save_options
-from nemotron_train.training.forward_step import forward_step
+from nemotron_train.training.forward_step import forward_step, mean_reported_loss
 from nemotron_train.training.model_setup import build_model
 from nemotron_train.training.nonfinite import StepVerdict, check_step, snapshot_expert_bias
 from nemotron_train.training.optimizer import build_optimizer, build_scheduler, schedule_steps
@@ -38,6 +37,7 @@ from nemotron_train.training.resume import resume
 from nemotron_train.training.rng_state import restore_rng_state
 from nemotron_train.training.step_monitors import StepMonitors
 from nemotron_train.training.throughput import ModelFlops
+from nemotron_train.training.validation import evaluate
 from nemotron_train.precision.presets import precision_settings
 
 logger = logging.getLogger(__name__)
@@ -191,7 +191,9 @@ def _prepare(config, run_dir, context, model_flops) -> _Run:
         device=context.device, moe_layers=_moe_layer_flags(config.model),
         mtp_depths=config.model.parsed_pattern.mtp_depths,
     )
-    saver = CheckpointSaver(checkpoint_dir, resolve_save_options(config.checkpoint))
+    save_options = resolve_save_options(config.checkpoint)
+    saver = CheckpointSaver(checkpoint_dir, save_options,
+                            on_published=partial(_log_published, metrics, state, save_options.asynchronous))
     return _Run(config=config, context=context, setup=setup, optimizer=optimizer,
                 scheduler=scheduler, data=data, checkpoint_dir=checkpoint_dir, state=state,
                 loaded=loaded, metrics=metrics, saver=saver, step_fn=step_fn,
@@ -228,7 +230,7 @@ def _run_steps(run: _Run, monitors: "StepMonitors", sigterm) -> TrainResult:
         if len(run.data.phases) > 1:
             step_metrics["data_phase"] = run.data.phase_for_step(state.step)
         if train_cfg.eval_interval and state.step % train_cfg.eval_interval == 0:
-            step_metrics.update(evaluate(config, run.setup, run.data.valid_dataset, run.context))
+            step_metrics.update(evaluate(config, run.setup, run.data, run.context))
             result.valid_losses.append((state.step, step_metrics["valid_loss"]))
         if metrics.should_log(state.step) or _always_logged(step_metrics):
             metrics.log_step(state.step, step_metrics)
@@ -252,7 +254,8 @@ def _run_steps(run: _Run, monitors: "StepMonitors", sigterm) -> TrainResult:
 
 def _save(run: _Run, result: TrainResult) -> None:
     sharded = checkpoint_state(run.state, run.setup.chunks, run.optimizer, run.scheduler,
-                               rounding_stream=run.setup.rounding_stream)
+                               rounding_stream=run.setup.rounding_stream,
+                               optimizer_format=run.config.checkpoint.optimizer_format)
     report = run.saver.save(sharded, run.state.step)
     result.checkpoint = report.checkpoint
     how = "in the background" if run.saver.options.asynchronous else "synchronously"
@@ -260,6 +263,14 @@ def _save(run: _Run, result: TrainResult) -> None:
                           f"saving {report.checkpoint.name} {how} (training stalled {report.stall_s:.2f} s)",
                           checkpoint=str(report.checkpoint), stall_s=report.stall_s,
                           asynchronous=run.saver.options.asynchronous)
+
+
+def _log_published(metrics: MetricsLogger, state: TrainState, asynchronous: bool,
+                   checkpoint: Path, write_s: float) -> None:
+    # A synchronous save is published before its "saving" line: only background ones are news.
+    metrics.log_event(state.step, "checkpoint_published",
+                      f"{checkpoint.name} written and published as latest, {write_s:.2f} s after its save began",
+                      echo=asynchronous, checkpoint=str(checkpoint), write_s=write_s)
 
 
 def _always_logged(step_metrics: dict) -> bool:
@@ -271,9 +282,10 @@ def _announce_start(loaded: Optional[LoadedCheckpoint], state: TrainState, conte
     if loaded is None or context.rank != 0:
         return
     what = "resumed from" if loaded.train_state.step or loaded.rng_state else "loaded weights from"
+    note = ""
     if loaded.rng_state is None and state.step:
-        what += " (random streams re-seeded: no saved streams for this layout)"
-    print(f"[nemotron-train] {what} {loaded.path} at step {state.step}", flush=True)
+        note = " (random streams re-seeded: the checkpoint holds none for this layout)"
+    print(f"[nemotron-train] {what} {loaded.path} at step {state.step}{note}", flush=True)
 
 
 @dataclass(frozen=True)
@@ -303,7 +315,7 @@ def train_step(*, forward_backward, data_iterator, model_chunks, optimizer, sche
         micro_batch_size=micro_batch_size,
         forward_only=False,
     )
-    loss = _mean_loss(reports, device)
+    loss = mean_reported_loss(reports, device)
     verdict = check_step(model_chunks, loss, device)
     grad_norm = None
     if verdict.finite:
@@ -316,39 +328,6 @@ def train_step(*, forward_backward, data_iterator, model_chunks, optimizer, sche
     metrics.update(_moe_metrics(moe_layers, num_microbatches))
     metrics.update(mtp_metrics(mtp_depths, num_microbatches, device))
     return StepOutcome(metrics=metrics, verdict=verdict)
-
-
-@torch.no_grad()
-def evaluate(config, setup, valid_dataset, context) -> dict:
-    """Mean validation loss over `train.eval_iters` micro-batches per data-parallel rank."""
-    iterator = build_data_iterator(valid_dataset, micro_batch_size=config.train.micro_batch_size,
-                                   consumed_samples=0, data_parallel_rank=context.data_parallel_rank,
-                                   data_parallel_size=context.data_parallel_size)
-    for chunk in setup.chunks:
-        chunk.eval()
-    reports = get_forward_backward_func()(
-        forward_step_func=partial(forward_step, device=context.device), data_iterator=iterator,
-        model=setup.chunks, num_microbatches=config.train.eval_iters,
-        seq_length=config.model.seq_length, micro_batch_size=config.train.micro_batch_size,
-        forward_only=True,
-    )
-    for chunk in setup.chunks:
-        chunk.train()
-    get_moe_metrics_tracker().clear()
-    return {"valid_loss": _mean_loss(reports, context.device)}
-
-
-def _mean_loss(reports: list, device) -> float:
-    """Token-weighted mean loss over micro-batches and data-parallel ranks.
-
-    Only the last pipeline stage has losses; the other ranks add zeros, and the
-    tensor-parallel copies scale sum and count alike, so the ratio is the mean.
-    """
-    totals = torch.zeros(2, dtype=torch.float64, device=device)
-    for report in reports:
-        totals += report["lm loss"].to(torch.float64)
-    dist.all_reduce(totals)
-    return (totals[0] / totals[1].clamp(min=1)).item()
 
 
 def _moe_layer_flags(model_config) -> list:

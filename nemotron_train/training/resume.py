@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from nemotron_train.config.errors import ConfigError
+
 from nemotron_train.training.checkpoint import LoadedCheckpoint, load_checkpoint
 from nemotron_train.training.checkpoint_integrity import (
     Damage,
@@ -62,7 +64,7 @@ def load_newest_intact(checkpoint_dir: Path, load, verify_hashes: bool, device) 
             damage = Damage(candidate, "", f"loading failed: {error}")
         passed_over.append(damage)
         if dist.get_rank() == 0:
-            print(f"[nemotron-train] checkpoint {candidate.name} is damaged, passing over it: "
+            print(f"[nemotron-train] checkpoint {candidate.name} is unusable, passing over it: "
                   f"{damage.describe()}", flush=True)
     listing = "; ".join(d.describe() for d in passed_over) or "none found"
     raise NoIntactCheckpoint(f"no intact checkpoint in {checkpoint_dir}: {listing}")
@@ -73,6 +75,8 @@ def _try_load(load, candidate: Path, device):
     loaded, error = None, None
     try:
         loaded = load(candidate)
+    except ConfigError:
+        raise  # the checkpoint is whole but does not fit this run: every rank says so
     except Exception as exc:  # whatever a damaged shard makes torch or Megatron-Core raise
         error = f"{type(exc).__name__}: {exc}"
     # int32 is supported by both gloo and NCCL reductions, unlike bool.

@@ -74,12 +74,12 @@ class StepMonitors:
 
     def timed_step(self, step: int, run_step):
         """`run_step()` for step `step`, under the watchdog and the timers."""
-        self.faults.begin_step(step)
         if self.expert_load is not None:
             self.expert_load.enabled = step % self.expert_load_interval == 0
         if self.watchdog is not None:
             self.watchdog.step_started(step)
         self.timing.start()
+        self.faults.begin_step(step)  # an injected stall happens inside the step
         outcome = run_step()
         self.timing.stop()
         if self.watchdog is not None:

@@ -8,11 +8,14 @@ thread compares the running step with the median of the recent ones: past `facto
 that (and at least `min_seconds`) it writes every thread's Python stack to stderr and to
 `<run_dir>/stacks/rank<r>.txt`, and exits with WATCHDOG_EXIT_CODE, which
 `launch/slurm/train.sbatch` requeues (the run resumes from its last checkpoint). Every rank
-runs its own, so a hang on one rank trips the watchdogs of all, and every rank's stack is
-dumped.
+runs its own, so a hang on one rank trips the watchdogs of all (the others wait for it in
+their next collective); each waits `exit_delay_s` after dumping before it exits, so that
+the launcher, which kills the job's other tasks at the first non-zero exit, does not kill a
+peer before its watchdog has dumped its stack too.
 """
 
 import faulthandler
+import multiprocessing
 import os
 import statistics
 import sys
@@ -30,8 +33,9 @@ class StepWatchdog:
     """Arm around each step with `step_started` / `step_finished`; `close` at the end."""
 
     def __init__(self, *, factor: float, min_seconds: float, history: int, run_dir: Path,
-                 rank: int, poll_seconds: float = 0.5):
+                 rank: int, poll_seconds: float = 0.5, exit_delay_s: float = 10.0):
         self.factor, self.min_seconds = factor, min_seconds
+        self.exit_delay_s = exit_delay_s
         self.durations = deque(maxlen=history)
         self.dump_path = Path(run_dir) / "stacks" / f"rank{rank}.txt"
         self.poll_seconds = poll_seconds
@@ -82,5 +86,10 @@ class StepWatchdog:
             handle.write(message + "\n")
             handle.flush()
             faulthandler.dump_traceback(file=handle, all_threads=True)
-        # The main thread is the one that hangs: leave without running its cleanup.
+        time.sleep(self.exit_delay_s)
+        # The main thread is the one that hangs: leave without running its cleanup, but end
+        # the helper processes (Megatron-Core's checkpoint writers and their results-queue
+        # manager), which would otherwise outlive this process.
+        for child in multiprocessing.active_children():
+            child.kill()
         os._exit(WATCHDOG_EXIT_CODE)

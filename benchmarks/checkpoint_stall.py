@@ -52,7 +52,9 @@ def run(asynchronous: bool, run_dir: Path) -> dict:
         "asynchronous": asynchronous,
         "wall_s": time.perf_counter() - started,
         "stall_s": {e["step"]: e["stall_s"] for e in events if e["event"] == "checkpoint_saved"},
-        "write_s": {e["step"]: e["write_s"] for e in events if e["event"] == "checkpoint_published"},
+        # By the step saved (a background save is published a step or more later).
+        "write_s": {int(Path(e["checkpoint"]).name.split("_")[1]): e["write_s"]
+                    for e in events if e["event"] == "checkpoint_published"},
         "step_s": {r["step"]: TOKENS_PER_STEP / r["tokens_per_s"] for r in records},
         "peak_memory_gb": max(r["peak_memory_gb"] for r in records),
         "checkpoint_gb": sum(f.stat().st_size for f in checkpoint.iterdir()) / 1e9,

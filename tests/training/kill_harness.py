@@ -81,7 +81,10 @@ def kill_trial(run_dir: Path, overrides: list[str], nprocs: int, moment: str, rn
         steps_logged = len(logged(run_dir))
         victim = rng.choice(_training_processes(process, nprocs))
         victim.send_signal(signal.SIGKILL)
-        process.wait(timeout=120)
+        try:
+            process.wait(timeout=120)  # torchrun stops the other workers
+        except subprocess.TimeoutExpired:
+            pass  # the session is killed below either way
     finally:
         _kill_session(process)
     resumed = run_to_completion(run_dir, overrides, nprocs, "resumed")
@@ -116,7 +119,7 @@ def _wait_for_moment(process, run_dir: Path, moment: str, rng: random.Random, ma
         _wait(process, steps_logged(rng.randint(1, max_steps - 1)), deadline)
     elif moment == "during_save":
         # A random one of the saves after the first (checkpoint.save_interval=2).
-        staging = checkpoints / f"iter_{rng.randrange(4, max_steps, 2):07d}.partial"
+        staging = checkpoints / f"iter_{rng.randrange(4, max_steps + 1, 2):07d}.partial"
         _wait(process, staging.exists, deadline)
     else:
         _wait(process, steps_logged(1), deadline)

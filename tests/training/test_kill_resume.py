@@ -12,7 +12,7 @@ import pytest
 
 from tests.training.kill_harness import kill_trial, run_to_completion, summary
 
-MAX_STEPS = 8
+MAX_STEPS = 6
 
 
 def trials(tmp_path: Path, overrides: list[str], nprocs: int, moments: list[str], seed: int):
@@ -24,9 +24,16 @@ def trials(tmp_path: Path, overrides: list[str], nprocs: int, moments: list[str]
             for index, moment in enumerate(moments)]
 
 
-def test_fp32_killed_between_steps_and_during_a_save_resumes_bit_identically(tmp_path):
-    results = trials(tmp_path, [], 1, ["during_save", "between_steps"], seed=15)
-    assert results[0].killed_during_save
+def test_fp32_killed_during_a_checkpoint_write_resumes_bit_identically(tmp_path):
+    (result,) = trials(tmp_path, [], 1, ["during_save"], seed=15)
+    assert result.killed_during_save and " at step " in result.resumed_from
+    assert result.bit_identical, result
+
+
+@pytest.mark.slow
+def test_fp32_killed_between_steps_and_in_a_background_save_resumes_bit_identically(tmp_path):
+    results = trials(tmp_path, ["checkpoint.async_save=true"], 1, ["between_steps", "during_save"], seed=5)
+    assert results[1].killed_during_save
     for result in results:
         assert result.bit_identical, result
 
@@ -39,7 +46,7 @@ def test_nvfp4_with_stochastic_rounding_killed_at_random_resumes_bit_identically
 
 @pytest.mark.slow
 def test_ten_kills_under_dp2_with_the_distributed_optimizer(tmp_path):
-    moments = ["between_steps", "during_save", "random"] * 3 + ["during_save"]
+    moments = ["between_steps", "during_save", "random"] * 3 + ["during_save"]  # 10 trials
     results = trials(tmp_path, ["parallel.distributed_optimizer=true"], 2, moments, seed=10)
     record = {"layout": "DP2 + distributed optimizer, 2 gloo processes", "max_steps": MAX_STEPS,
               **summary(results)}

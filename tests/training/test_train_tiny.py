@@ -82,7 +82,7 @@ def test_metrics_carry_model_flops_mfu_memory_and_expert_load(short_run):
     assert sorted(loads) == [20, 40]
     tokens = 8 * 256 * 2  # global batch x sequence x top-2
     for layers in loads.values():
-        assert sorted(layers) == ["decoder.layers.1", "decoder.layers.4"]  # the pattern's E layers
+        assert sorted(layers) == ["decoder.layers.1", "decoder.layers.5"]  # MEM*ME: the E layers
         for layer in layers.values():
             assert sum(layer["tokens"]) == tokens and len(layer["tokens"]) == 8
             assert layer["min"] == min(layer["tokens"]) and layer["max"] == max(layer["tokens"])

@@ -152,7 +152,6 @@ class CheckpointSaver:
             self._queue.close()
             self._queue = None
 
-
     def _publish(self, staging: Path, final: Path, started: float) -> None:
         _publish(self.checkpoint_dir, staging, final, self.options.keep_last)
         if self.on_published is not None:

@@ -79,15 +79,17 @@ class TrainConfig:
                               f"choose one of {NONFINITE_POLICIES}")
         if self.max_rollbacks < 0:
             raise ConfigError("train.max_rollbacks", self.max_rollbacks, "must be >= 0")
-        if self.loss_spike_factor < 0 or self.loss_spike_window < 1:
-            raise ConfigError("train.loss_spike_factor", self.loss_spike_factor,
-                              "loss_spike_factor must be >= 0 (0: off) and loss_spike_window >= 1")
-        if self.watchdog_factor is not None and self.watchdog_factor < 0:
+        if self.loss_spike_factor < 0:
+            raise ConfigError("train.loss_spike_factor", self.loss_spike_factor, "must be >= 0 (0: off)")
+        if self.loss_spike_window < 1:
+            raise ConfigError("train.loss_spike_window", self.loss_spike_window, "must be at least 1")
+        if self.watchdog_factor is not None and not (self.watchdog_factor == 0 or self.watchdog_factor > 1):
             raise ConfigError("train.watchdog_factor", self.watchdog_factor,
                               "must be > 1 (a multiple of the median step), 0 (off) or null (auto)")
-        if self.watchdog_min_seconds < 0 or self.watchdog_history < 1:
-            raise ConfigError("train.watchdog_min_seconds", self.watchdog_min_seconds,
-                              "watchdog_min_seconds must be >= 0 and watchdog_history >= 1")
+        if self.watchdog_min_seconds < 0:
+            raise ConfigError("train.watchdog_min_seconds", self.watchdog_min_seconds, "must be >= 0")
+        if self.watchdog_history < 1:
+            raise ConfigError("train.watchdog_history", self.watchdog_history, "must be at least 1")
 
     def _check_mixed_lengths(self):
         fraction = self.short_step_fraction

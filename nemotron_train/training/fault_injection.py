@@ -41,6 +41,7 @@ class FaultInjectionConfig:
     stall_step: int = 0
     """Step at which `rank` sleeps for `stall_seconds` inside the step (0: never)."""
     stall_seconds: float = 0.0
+    """How long the stall at `stall_step` lasts."""
 
     def __post_init__(self):
         if self.value not in FAULT_VALUES:
@@ -50,9 +51,10 @@ class FaultInjectionConfig:
         if any(step < 1 for step in self.nonfinite_grad_steps):
             raise ConfigError("faults.nonfinite_grad_steps", self.nonfinite_grad_steps,
                               "steps are numbered from 1")
-        if self.stall_step < 0 or self.stall_seconds < 0:
-            raise ConfigError("faults.stall_step", self.stall_step,
-                              "stall_step and stall_seconds must be >= 0")
+        if self.stall_step < 0:
+            raise ConfigError("faults.stall_step", self.stall_step, "must be >= 0 (0: never)")
+        if self.stall_seconds < 0:
+            raise ConfigError("faults.stall_seconds", self.stall_seconds, "must be >= 0")
 
 
 class FaultInjector:

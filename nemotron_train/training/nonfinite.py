@@ -27,6 +27,7 @@ import torch.distributed as dist
 from nemotron_train.precision.policy import global_module_name, stage_first_layer_index
 from nemotron_train.training.resume import NoIntactCheckpoint
 
+
 class NonFiniteStep(RuntimeError):
     """A step's loss or gradients went non-finite and the policy says stop."""
 

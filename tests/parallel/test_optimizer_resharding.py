@@ -50,6 +50,8 @@ LAYOUT_CHANGES = {
     "PP2 -> EP2 (regular optimizer)": (["parallel.pipeline=2"], 2, ["parallel.expert=2"], 2),
     "DP2 -> TP2+SP (distributed optimizer, fully_reshardable)": (
         FULLY, 2, [*FULLY, "parallel.tensor=2", "parallel.sequence_parallel=true"], 2),
+    "PP2 -> EP2 (distributed optimizer, fully_reshardable)": (
+        [*FULLY, "parallel.pipeline=2"], 2, [*FULLY, "parallel.expert=2"], 2),
     "DP2 -> one process (distributed optimizer, dp_reshardable)": (
         ["parallel.distributed_optimizer=true"], 2, ["parallel.distributed_optimizer=true"], 1),
 }

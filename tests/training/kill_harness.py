@@ -4,8 +4,8 @@ with an uninterrupted run.
 The run is `train.py` (under torchrun for several processes) in a session of its own; the
 fault is SIGKILL to one training process, chosen at random, at the moment the trial asks
 for: between steps (right after a step's record is written), during a checkpoint write
-(while an `iter_*.partial` directory exists), or at a random time. Then the rest of the
-session is killed too, as a node's job cleanup would (Megatron-Core's checkpoint writer
+(while an `iter_*.partial` directory exists), or at a random point of a random step (or
+save) after the first checkpoint. Then the rest of the session is killed too, as a node's job cleanup would (Megatron-Core's checkpoint writer
 leaves a multiprocessing manager process that outlives its parent). The restarted run
 resumes from whatever the killed one left and must log every step bit for bit as the
 uninterrupted run did.
@@ -22,11 +22,13 @@ from pathlib import Path
 
 import psutil
 
-from tests.training.small_model import SMALL_MODEL, logged
+from nemotron_train.training.checkpoint import LATEST_FILE
+from tests.training.small_model import SMALL_MODEL, TOKENS_PER_STEP, logged
 
 REPO = Path(__file__).resolve().parents[2]
 
-KILL_MODEL = ["recipe=tiny", *SMALL_MODEL, "checkpoint.save_interval=2", "checkpoint.keep_last=2"]
+SAVE_INTERVAL = 2
+KILL_MODEL = ["recipe=tiny", *SMALL_MODEL, f"checkpoint.save_interval={SAVE_INTERVAL}", "checkpoint.keep_last=2"]
 COMPARED = ("step", "loss", "grad_norm", "lr", "moe_seq_load_balancing_loss")
 MOMENTS = ("between_steps", "during_save", "random")
 POLL_S = 0.002
@@ -89,11 +91,17 @@ def kill_trial(run_dir: Path, overrides: list[str], nprocs: int, moment: str, rn
         _kill_session(process)
     resumed = run_to_completion(run_dir, overrides, nprocs, "resumed")
     log = (run_dir.parent / f"{run_dir.name}.resumed.log").read_text()
-    resumed_from = next((line.split(" from ", 1)[1] for line in log.splitlines()
+    resumed_from = next((_checkpoint_name(line.split(" from ", 1)[1]) for line in log.splitlines()
                          if "resumed from" in line), "start (no checkpoint)")
     mismatch = compare(reference, resumed)
     return TrialResult(moment=moment, killed_after_step=steps_logged, killed_during_save=during_save,
                        resumed_from=resumed_from, bit_identical=not mismatch, mismatch=mismatch)
+
+
+def _checkpoint_name(resumed_from: str) -> str:
+    """'iter_0000004 at step 4' from '<run dir>/checkpoints/iter_0000004 at step 4'."""
+    path, _, rest = resumed_from.partition(" ")
+    return f"{Path(path).name} {rest}".strip()
 
 
 def compare(reference: list[dict], candidate: list[dict]) -> str:
@@ -118,14 +126,24 @@ def _wait_for_moment(process, run_dir: Path, moment: str, rng: random.Random, ma
     if moment == "between_steps":
         _wait(process, steps_logged(rng.randint(1, max_steps - 1)), deadline)
     elif moment == "during_save":
-        # A random one of the saves after the first (checkpoint.save_interval=2).
-        staging = checkpoints / f"iter_{rng.randrange(4, max_steps + 1, 2):07d}.partial"
+        # A random one of the saves after the first.
+        first_save = 2 * SAVE_INTERVAL
+        staging = checkpoints / f"iter_{rng.randrange(first_save, max_steps + 1, SAVE_INTERVAL):07d}.partial"
         _wait(process, staging.exists, deadline)
     else:
-        _wait(process, steps_logged(1), deadline)
-        kill_at = time.monotonic() + rng.uniform(0, 8)
+        # A random point of the step (or the save) after step k, once a checkpoint exists, so
+        # that the resumed run restores its streams; k <= max_steps - 2 keeps the kill inside
+        # the run on a fast machine.
+        after = rng.randint(SAVE_INTERVAL, max_steps - 2)
+        _wait(process, lambda: (checkpoints / LATEST_FILE).exists() and steps_logged(after)(), deadline)
+        kill_at = time.monotonic() + rng.random() * _last_step_seconds(run_dir)
         _wait(process, lambda: time.monotonic() > kill_at, deadline)
     return any(checkpoints.glob("iter_*.partial"))
+
+
+def _last_step_seconds(run_dir: Path) -> float:
+    record = logged(run_dir)[-1]
+    return TOKENS_PER_STEP / record["tokens_per_s"]
 
 
 def _wait(process, condition, deadline: float) -> None:

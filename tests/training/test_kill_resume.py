@@ -5,7 +5,9 @@ ten trials under DP2 with the distributed optimizer."""
 
 import json
 import os
+import platform
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,8 @@ import pytest
 from tests.training.kill_harness import kill_trial, run_to_completion, summary
 
 MAX_STEPS = 6
+RESULTS_COMMAND = ("KILL_RESUME_RESULTS=benchmarks/results/kill_resume_dp2.json .venv/bin/python -m pytest "
+                   "tests/training/test_kill_resume.py -m slow -k ten_kills -s")
 
 
 def trials(tmp_path: Path, overrides: list[str], nprocs: int, moments: list[str], seed: int):
@@ -47,8 +51,12 @@ def test_nvfp4_with_stochastic_rounding_killed_at_random_resumes_bit_identically
 @pytest.mark.slow
 def test_ten_kills_under_dp2_with_the_distributed_optimizer(tmp_path):
     moments = ["between_steps", "during_save", "random"] * 3 + ["during_save"]  # 10 trials
+    machine = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "nproc": os.cpu_count(),
+               "load_average_before": os.getloadavg(), "platform": platform.platform()}
     results = trials(tmp_path, ["parallel.distributed_optimizer=true"], 2, moments, seed=10)
-    record = {"layout": "DP2 + distributed optimizer, 2 gloo processes", "max_steps": MAX_STEPS,
+    machine["load_average_after"] = os.getloadavg()
+    record = {"command": RESULTS_COMMAND, "machine": machine,
+              "layout": "DP2 + distributed optimizer, 2 gloo processes", "max_steps": MAX_STEPS,
               **summary(results)}
     destination = os.environ.get("KILL_RESUME_RESULTS")
     if destination:

@@ -11,6 +11,11 @@ from nemotron_train.config.errors import ConfigError
 from nemotron_train.config.schema import RunConfig
 from nemotron_train.convert.hf_source import is_hf_load, resolve_hf_load
 
+EXIT_NONFINITE = 3
+"""A step went non-finite and train.on_nonfinite said stop (halt, or rollbacks used up)."""
+EXIT_NO_CHECKPOINT = 4
+"""The checkpoint to resume from or load is damaged, with no intact one to fall back on."""
+
 
 def to_run_config(cfg: DictConfig) -> RunConfig:
     """Build the typed RunConfig; every section's validation runs here, before any allocation."""
@@ -47,8 +52,33 @@ def run(cfg: DictConfig) -> None:
             dry_run(config, run_dir)
             return
         from nemotron_train.training.loop import train
+        from nemotron_train.training.nonfinite import NonFiniteStep
+        from nemotron_train.training.resume import NoIntactCheckpoint
 
-        train(config, run_dir, on_run_dir=lambda final_dir: write_resolved_config(cfg, final_dir))
+        flops = model_flops(config)
+        try:
+            train(config, run_dir, on_run_dir=lambda final_dir: write_resolved_config(cfg, final_dir),
+                  model_flops=flops)
+        except NonFiniteStep as error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_NONFINITE)
+        except NoIntactCheckpoint as error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_NO_CHECKPOINT)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def model_flops(config):
+    """The model's training FLOPs per token from the dry-run accounting, for the metrics'
+    `tflops_per_s` and `mfu` (counted on meta-device modules, before the run's own groups)."""
+    from nemotron_train.model import accounting
+    from nemotron_train.model.report import resolve_vocab_size
+    from nemotron_train.training.step_performance import ModelFlops
+
+    vocab_size = resolve_vocab_size(config)
+    flops = accounting.flops_per_token(config.model, accounting.count_parameters(config.model, vocab_size),
+                                       vocab_size)
+    return ModelFlops(per_token=flops.total, seq_length=flops.seq_length,
+                      attention_per_context_token=flops.attention_core_per_context_token)

@@ -18,6 +18,7 @@ from nemotron_train.runtime.distributed import ParallelConfig
 from nemotron_train.telemetry.metrics import LoggingConfig
 from nemotron_train.training.checkpoint import CheckpointConfig
 from nemotron_train.training.config import TrainConfig
+from nemotron_train.training.fault_injection import FaultInjectionConfig
 from nemotron_train.training.optimizer import OptimConfig
 from nemotron_train.training.throughput import ThroughputConfig
 
@@ -41,6 +42,8 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
+    faults: FaultInjectionConfig = field(default_factory=FaultInjectionConfig)
+    """Faults to inject, to drill the failure handling (all off by default)."""
 
     def __post_init__(self):
         check_sequence_parallel_with_moe(self)

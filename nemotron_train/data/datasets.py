@@ -35,6 +35,8 @@ from nemotron_train.data.tokenizer import Tokenizer
 logger = logging.getLogger(__name__)
 
 BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
+SOURCE_KEY = "dataset_id"
+"""A BlendedDataset sample's source index, kept in validation batches for per-source losses."""
 SPLIT_NAMES = ("train", "valid", "test")
 
 PretrainingDataset = GPTDataset | BlendedDataset
@@ -122,8 +124,12 @@ def build_data_iterator(
     data_parallel_rank: int,
     data_parallel_size: int,
     num_workers: int = 0,
+    with_source: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """This rank's micro batches, resuming after `consumed_samples` (counted over all ranks).
+
+    `with_source` adds each sample's blend source (`dataset_id`, [micro_batch]) to the batch,
+    for validation losses per source.
 
     `dataset` is a PretrainingDataset or a stream of them (curriculum.py). Each batch maps tokens, labels, position_ids (int64) and loss_mask (float32) to
     [micro_batch_size, seq_length] tensors. Order: see sampler.py. The iterator stops when
@@ -140,7 +146,7 @@ def build_data_iterator(
         dataset,
         batch_sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate_pretraining_batch,
+        collate_fn=collate_with_source if with_source else collate_pretraining_batch,
         persistent_workers=num_workers > 0,
     )
     return iter(loader)
@@ -153,6 +159,21 @@ def collate_pretraining_batch(samples: list[dict[str, torch.Tensor]]) -> dict[st
     trainer the same batch.
     """
     return {key: torch.stack([sample[key] for sample in samples]) for key in BATCH_KEYS}
+
+
+def collate_with_source(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """`collate_pretraining_batch` plus each sample's `dataset_id` in a BlendedDataset."""
+    batch = collate_pretraining_batch(samples)
+    batch[SOURCE_KEY] = torch.tensor([int(sample[SOURCE_KEY]) for sample in samples])
+    return batch
+
+
+def blend_source_names(dataset: PretrainingDataset) -> list[str]:
+    """The names of a BlendedDataset's sources in `dataset_id` order (the file names of their
+    path prefixes); [] for a single dataset."""
+    if not isinstance(dataset, BlendedDataset):
+        return []
+    return [os.path.basename(part.dataset_path).removesuffix("_text_document") for part in dataset.datasets]
 
 
 def ensure_stdlib_dataset(

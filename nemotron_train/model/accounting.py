@@ -145,7 +145,7 @@ def count_parameters(model: HybridModelConfig, vocab_size: int) -> ModuleCounts:
                                        num_layers=len(one_of_each), spec="local",
                                        moe_token_dispatcher_type="alltoall")
     prepare_runtime()
-    initialize_distributed(ParallelConfig(backend="gloo"))
+    initialize_distributed(ParallelConfig(backend="gloo"), local=True)
     try:
         model_parallel_cuda_manual_seed(0)
         transformer_config = probe_config.transformer_config(

@@ -34,6 +34,7 @@ from nemotron_train.precision.policy import (
     PrecisionPolicy,
     global_module_name,
     nvfp4_policy,
+    stage_first_layer_index,
     uniform_policy,
 )
 from nemotron_train.precision.presets import PrecisionConfig, precision_settings
@@ -191,7 +192,7 @@ def apply_precision_policy(model, policy: PrecisionPolicy,
     policy asks a module that cannot quantize (a TE linear, say) for NVFP4 or MXFP8.
     Returns ``{module name: format}`` for every module holding a weight matrix.
     """
-    first_layer = _first_layer_index(model)
+    first_layer = stage_first_layer_index(model)
     formats = {}
     for local_name, module in model.named_modules():
         if not _holds_weight_matrix(module):
@@ -282,12 +283,6 @@ def _holds_weight_matrix(module) -> bool:
 
 
 def _weight_matrix_module_names(model) -> list[str]:
-    first_layer = _first_layer_index(model)
+    first_layer = stage_first_layer_index(model)
     return [global_module_name(name, first_layer) for name, module in model.named_modules()
             if _holds_weight_matrix(module)]
-
-
-def _first_layer_index(model) -> int:
-    """Global index of this pipeline stage's first main-stack layer (0 without layers)."""
-    layers = getattr(getattr(model, "decoder", None), "layers", None)
-    return layers[0].layer_number - 1 if layers else 0

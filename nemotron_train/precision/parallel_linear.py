@@ -23,6 +23,7 @@ such shapes, and Megatron-Core pads expert token counts with
 ``moe_router_padding_for_quantization``).
 """
 
+import torch
 import torch.nn.functional as F
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.tensor_parallel.mappings import (
@@ -50,6 +51,9 @@ class QuantizedGemmMixin:
     """Which NVFP4 recipe features are on (ablation switches)."""
     flush_counter: FlushCounter | None = None
     """When set, counts the values each operand's quantization flushed to zero."""
+    rounding_generator: torch.Generator | None = None
+    """The random bits of stochastic rounding (precision/stochastic_rounding.py); None draws
+    from torch's default generator."""
 
     def _forward_impl(self, input, weight, *args, **kwargs):
         if self.quantization_format not in _BLOCK:
@@ -72,7 +76,8 @@ class QuantizedGemmMixin:
             total_input = input
         amax_group = self.tp_group if get_pg_size(self.tp_group) > 1 else None
         output = _padded_quantized_gemm(total_input, weight, self.quantization_format,
-                                        self.nvfp4_recipe, amax_group, self.flush_counter)
+                                        self.nvfp4_recipe, amax_group, self.flush_counter,
+                                        self.rounding_generator)
         bias = kwargs.get("bias")
         return output if bias is None else output + bias
 
@@ -85,7 +90,7 @@ class QuantizedRowParallelLinear(QuantizedGemmMixin, RowParallelLinear):
     """Megatron-Core's RowParallelLinear whose GEMMs follow ``quantization_format``."""
 
 
-def _padded_quantized_gemm(x, weight, fmt, recipe, amax_group, flush_counter):
+def _padded_quantized_gemm(x, weight, fmt, recipe, amax_group, flush_counter, generator=None):
     """``x @ weight.T`` in ``fmt`` with tokens, in and out zero-padded to the block size."""
     block = _BLOCK[fmt]
     tokens = x.reshape(-1, x.shape[-1])
@@ -97,7 +102,7 @@ def _padded_quantized_gemm(x, weight, fmt, recipe, amax_group, flush_counter):
     padded_weight = F.pad(weight, (0, pad_in, 0, pad_out)) if pad_in or pad_out else weight
     if fmt == "nvfp4":
         y = nvfp4_linear(tokens, padded_weight, recipe, tp_group=amax_group,
-                         flush_counter=flush_counter)
+                         generator=generator, flush_counter=flush_counter)
     else:
         y = mxfp8_linear(tokens, padded_weight, flush_counter=flush_counter)
     return y[:num_tokens, :out_features].reshape(*x.shape[:-1], out_features)

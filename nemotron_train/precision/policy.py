@@ -119,6 +119,12 @@ def global_module_name(local_name: str, first_layer_index: int) -> str:
         lambda match: f"decoder.layers.{int(match.group(1)) + first_layer_index}.", local_name)
 
 
+def stage_first_layer_index(model) -> int:
+    """Global index of a pipeline stage's first main-stack layer (0 without layers)."""
+    layers = getattr(getattr(model, "decoder", None), "layers", None)
+    return layers[0].layer_number - 1 if layers else 0
+
+
 def linear_flops_by_format(policy: PrecisionPolicy, flops_by_module: Mapping[str, float]) -> dict:
     """Fraction of the linear-layer FLOPs computed in each format.
 

@@ -40,6 +40,9 @@ class ParallelConfig:
     (None: the smallest world size the layout allows)."""
     gpus_per_node: int = 8
     """GPUs, one process each, per node."""
+    distributed_timeout_minutes: int = 30
+    """How long a collective may wait for its peers before the process group aborts it (a rank
+    that died or hangs); long enough for the slowest legitimate one (a checkpoint load)."""
 
     def __post_init__(self):
         for key in ("tensor", "pipeline", "context", "expert"):
@@ -49,6 +52,9 @@ class ParallelConfig:
             raise ConfigError("parallel.num_nodes", self.num_nodes, "must be at least 1, or null")
         if self.gpus_per_node < 1:
             raise ConfigError("parallel.gpus_per_node", self.gpus_per_node, "must be at least 1")
+        if self.distributed_timeout_minutes < 1:
+            raise ConfigError("parallel.distributed_timeout_minutes", self.distributed_timeout_minutes,
+                              "must be at least 1")
         if self.backend not in ("auto", "nccl", "gloo"):
             raise ConfigError("parallel.backend", self.backend, "choose 'auto', 'nccl' or 'gloo'")
 
@@ -131,14 +137,18 @@ def check_devices(parallel: ParallelConfig) -> None:
         )
 
 
-def initialize_distributed(parallel: ParallelConfig, timeout_minutes: int = 30) -> DistributedContext:
-    """Start torch.distributed (torchrun env or a single process) and Megatron-Core's groups."""
+def initialize_distributed(parallel: ParallelConfig, timeout_minutes: Optional[int] = None,
+                           local: bool = False) -> DistributedContext:
+    """Start torch.distributed (torchrun env or a single process) and Megatron-Core's groups;
+    collectives time out after `timeout_minutes` (default: parallel.distributed_timeout_minutes).
+    `local` starts a world of this process alone whatever the environment says (the
+    accounting's probe models, built before a torchrun job's own group)."""
     from megatron.core import parallel_state
 
-    world_size = world_size_from_env()
+    world_size = 1 if local else world_size_from_env()
     data_parallel = check_world_size(parallel, world_size)
     check_devices(parallel)
-    rank = int(os.environ.get("RANK", "0"))
+    rank = 0 if local else int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -152,8 +162,8 @@ def initialize_distributed(parallel: ParallelConfig, timeout_minutes: int = 30) 
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        timeout = datetime.timedelta(minutes=timeout_minutes)
-        if "MASTER_ADDR" in os.environ:
+        timeout = datetime.timedelta(minutes=timeout_minutes or parallel.distributed_timeout_minutes)
+        if "MASTER_ADDR" in os.environ and not local:
             dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
         else:
             if world_size != 1:

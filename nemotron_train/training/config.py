@@ -5,6 +5,8 @@ from typing import Optional
 
 from nemotron_train.config.errors import ConfigError
 
+NONFINITE_POLICIES = ("halt", "skip", "rollback")
+
 
 @dataclass(kw_only=True)
 class TrainConfig:
@@ -34,6 +36,28 @@ class TrainConfig:
     """Mixed-length training: the share of steps at short_seq_length, in [0, 1). Step s is
     short when floor(s * f) > floor((s - 1) * f), so 0.5 alternates long and short steps
     (nemotron_train/data/sequence_lengths.py)."""
+    eval_per_source: bool = False
+    """Also report the validation loss of each source of a blend (`valid_loss/<source>`)."""
+    on_nonfinite: str = "halt"
+    """A NaN or Inf in the loss or the gradients (found on every rank in the same step):
+    'halt' exits non-zero naming the step and the first module, saving nothing; 'skip' drops
+    the update and logs the step as skipped; 'rollback' reloads the newest intact checkpoint
+    and continues with the next batch (training/nonfinite.py)."""
+    max_rollbacks: int = 3
+    """With on_nonfinite=rollback: halt at the non-finite step after this many rollbacks."""
+    loss_spike_factor: float = 3.0
+    """Log a `loss_spike` event when a step's loss exceeds this multiple of the mean of the
+    last `loss_spike_window` losses (0: off)."""
+    loss_spike_window: int = 50
+    """Steps in the running mean loss spikes are measured against."""
+    watchdog_factor: Optional[float] = None
+    """Dump every thread's stack and exit with status 75 (requeued by launch/slurm) when a
+    step runs longer than this multiple of the median of the recent steps; None: 10 on
+    CUDA, off on CPU; 0: off."""
+    watchdog_min_seconds: float = 120.0
+    """The watchdog never fires before a step has run this long."""
+    watchdog_history: int = 20
+    """Recent steps whose median step time the watchdog compares with."""
 
     deterministic: bool = False
     """Deterministic kernels (torch.use_deterministic_algorithms and Megatron-Core's
@@ -52,6 +76,25 @@ class TrainConfig:
                 f"must be a multiple of train.micro_batch_size={self.micro_batch_size}",
             )
         self._check_mixed_lengths()
+        self._check_failure_handling()
+
+    def _check_failure_handling(self):
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError("train.on_nonfinite", self.on_nonfinite,
+                              f"choose one of {NONFINITE_POLICIES}")
+        if self.max_rollbacks < 0:
+            raise ConfigError("train.max_rollbacks", self.max_rollbacks, "must be >= 0")
+        if self.loss_spike_factor < 0:
+            raise ConfigError("train.loss_spike_factor", self.loss_spike_factor, "must be >= 0 (0: off)")
+        if self.loss_spike_window < 1:
+            raise ConfigError("train.loss_spike_window", self.loss_spike_window, "must be at least 1")
+        if self.watchdog_factor is not None and not (self.watchdog_factor == 0 or self.watchdog_factor > 1):
+            raise ConfigError("train.watchdog_factor", self.watchdog_factor,
+                              "must be > 1 (a multiple of the median step), 0 (off) or null (auto)")
+        if self.watchdog_min_seconds < 0:
+            raise ConfigError("train.watchdog_min_seconds", self.watchdog_min_seconds, "must be >= 0")
+        if self.watchdog_history < 1:
+            raise ConfigError("train.watchdog_history", self.watchdog_history, "must be at least 1")
 
     def _check_mixed_lengths(self):
         fraction = self.short_step_fraction

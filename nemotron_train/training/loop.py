@@ -21,23 +21,24 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.moe.moe_logging import get_moe_metrics_tracker
 
 from nemotron_train.data.curriculum import build_train_data
-from nemotron_train.data.datasets import build_data_iterator
 from nemotron_train.data.sequence_lengths import SequenceLengthSchedule
 from nemotron_train.data.tokenizer import build_tokenizer
 from nemotron_train.runtime.distributed import destroy_distributed, initialize_distributed
 from nemotron_train.runtime.setup import prepare_runtime
-from nemotron_train.telemetry.metrics import MetricsLogger
-from nemotron_train.training.checkpoint import (
-    TrainState,
-    load_checkpoint,
-    resolve_checkpoint,
-    save_checkpoint,
-)
-from nemotron_train.training.forward_step import forward_step
+from nemotron_train.telemetry.metrics import MetricsLogger, format_duration
+from nemotron_train.training.checkpoint import LoadedCheckpoint, TrainState, checkpoint_state
+from nemotron_train.training.checkpoint_saver import CheckpointSaver, resolve_save_options
+from nemotron_train.training.forward_step import forward_step, mean_reported_loss
 from nemotron_train.training.model_setup import build_model
+from nemotron_train.training.nonfinite import StepVerdict, check_step, snapshot_expert_bias
 from nemotron_train.training.optimizer import build_optimizer, build_scheduler, schedule_steps
 from nemotron_train.training.seeding import seed_this_rank, use_deterministic_kernels
 from nemotron_train.training.throughput import synchronized_parameters
+from nemotron_train.training.resume import resume
+from nemotron_train.training.rng_state import restore_rng_state
+from nemotron_train.training.step_monitors import StepMonitors
+from nemotron_train.training.step_performance import ModelFlops
+from nemotron_train.training.validation import evaluate
 from nemotron_train.precision.presets import precision_settings
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ class TrainResult:
     """(step, loss) for every step, on every rank."""
     checkpoint: Optional[Path] = None
     interrupted: bool = False
+    skipped_steps: int = 0
+    rollbacks: int = 0
+    valid_losses: list = field(default_factory=list)
+    """(step, validation loss) for every evaluation."""
 
 
 class _SigtermFlag:
@@ -68,10 +73,12 @@ class _SigtermFlag:
         self.received = True
 
 
-def train(config, run_dir: Path, on_run_dir=None) -> TrainResult:
+def train(config, run_dir: Path, on_run_dir=None, model_flops: Optional[ModelFlops] = None) -> TrainResult:
     """Train `config` (a RunConfig) and write its metrics and checkpoints under `run_dir`.
 
     `on_run_dir(run_dir)` runs on rank 0 once the run directory is agreed (to record the config).
+    `model_flops` (from the dry-run accounting, computed by the caller) gives `tflops_per_s`
+    and `mfu` in the metrics.
     """
     sigterm = _SigtermFlag()
     if config.train.exit_on_sigterm:
@@ -80,7 +87,7 @@ def train(config, run_dir: Path, on_run_dir=None) -> TrainResult:
         run_dir = _agree_on_run_dir(Path(run_dir))
         if context.rank == 0 and on_run_dir is not None:
             on_run_dir(run_dir)
-        return _train(config, run_dir, runtime, context, sigterm)
+        return _train(config, run_dir, runtime, context, sigterm, model_flops)
 
 
 @contextmanager
@@ -99,11 +106,44 @@ def megatron_session(parallel):
         destroy_distributed()
 
 
-def _train(config, run_dir, runtime, context, sigterm) -> TrainResult:
-    is_logging_rank = context.rank == 0
-    if is_logging_rank:
+@dataclass
+class _Run:
+    """Everything the steps of one job use, built once by `_prepare`."""
+
+    config: object
+    context: object
+    setup: object
+    optimizer: object
+    scheduler: object
+    data: object
+    checkpoint_dir: Path
+    state: TrainState
+    loaded: Optional[LoadedCheckpoint]
+    metrics: MetricsLogger
+    saver: CheckpointSaver
+    step_fn: object
+    model_flops: Optional[ModelFlops]
+
+
+def _train(config, run_dir, runtime, context, sigterm, model_flops) -> TrainResult:
+    if context.rank == 0:
         print(f"[nemotron-train] {runtime.describe()} world_size={context.world_size} "
               f"backend={context.backend} run_dir={run_dir}", flush=True)
+    run = _prepare(config, run_dir, context, model_flops)
+    monitors = StepMonitors.build(run, run_dir)
+    try:
+        result = _run_steps(run, monitors, sigterm)
+    finally:
+        monitors.close()
+        run.saver.close()  # a background save is finished and published before exit
+        run.metrics.close()
+    if context.rank == 0:
+        print(run_summary(result, run, run_dir), flush=True)
+    return result
+
+
+def _prepare(config, run_dir, context, model_flops) -> _Run:
+    """Model, optimizer, schedule, resumed state, data, logger and saver of this job."""
     seed_this_rank(config.seed)
     if config.train.deterministic:
         use_deterministic_kernels()
@@ -127,7 +167,9 @@ def _train(config, run_dir, runtime, context, sigterm) -> TrainResult:
     connect_megatron_hooks(setup, optimizer)
 
     checkpoint_dir = Path(config.checkpoint.dir or run_dir / "checkpoints")
-    state = _maybe_resume(config.checkpoint, checkpoint_dir, setup.chunks, optimizer, scheduler)
+    loaded = resume(config.checkpoint, checkpoint_dir, setup.chunks, optimizer, scheduler, context.device)
+    state = loaded.train_state if loaded is not None else TrainState()
+    _announce_start(loaded, state, context)
     data = build_train_data(
         config.data, tokenizer, seq_length=config.model.seq_length, seed=config.seed,
         max_steps=train_cfg.max_steps, global_batch_size=train_cfg.global_batch_size,
@@ -141,62 +183,134 @@ def _train(config, run_dir, runtime, context, sigterm) -> TrainResult:
             config.model.seq_length, train_cfg.short_seq_length, train_cfg.short_step_fraction),
     )
     metrics = MetricsLogger(run_dir, config.logging, max_steps=train_cfg.max_steps,
-                            enabled=is_logging_rank, start_step=state.step)
+                            enabled=context.rank == 0, start_step=state.step,
+                            device_metrics=context.device.type == "cuda")
+    for damage in loaded.passed_over if loaded is not None else ():
+        metrics.log_event(state.step, "checkpoint_damaged", f"passed over {damage.describe()}",
+                          checkpoint=str(damage.checkpoint), file=damage.file)
     step_fn = partial(
         train_step, forward_backward=get_forward_backward_func(), model_chunks=setup.chunks,
         optimizer=optimizer, scheduler=scheduler, num_microbatches=num_microbatches,
         device=context.device, moe_layers=_moe_layer_flags(config.model),
         mtp_depths=config.model.parsed_pattern.mtp_depths,
     )
+    save_options = resolve_save_options(config.checkpoint)
+    saver = CheckpointSaver(checkpoint_dir, save_options,
+                            on_published=partial(_log_published, metrics, state, save_options.asynchronous))
+    return _Run(config=config, context=context, setup=setup, optimizer=optimizer,
+                scheduler=scheduler, data=data, checkpoint_dir=checkpoint_dir, state=state,
+                loaded=loaded, metrics=metrics, saver=saver, step_fn=step_fn,
+                model_flops=model_flops)
 
+
+def _run_steps(run: _Run, monitors: "StepMonitors", sigterm) -> TrainResult:
+    config, state, metrics = run.config, run.state, run.metrics
+    train_cfg, device = config.train, run.context.device
     result = TrainResult(start_step=state.step, final_step=state.step)
     if config.checkpoint.save_initial and state.step == 0:
-        save_checkpoint(checkpoint_dir, state, setup.chunks, optimizer, scheduler)
+        _save(run, result)
+    if run.loaded is not None and run.loaded.rng_state is not None:
+        # Last, so that nothing set-up draws (data loaders seed from torch's generator)
+        # moves the streams between the checkpoint and the next step.
+        restore_rng_state(run.loaded.rng_state, run.setup.rounding_stream)
     while state.step < train_cfg.max_steps:
         started = time.perf_counter()
-        batches = data.batches_for_step(state.step + 1)
-        step_metrics = step_fn(data_iterator=batches.iterator, seq_length=batches.seq_length,
-                               micro_batch_size=batches.micro_batch_size)
+        batches = run.data.batches_for_step(state.step + 1)
+        outcome = monitors.timed_step(state.step + 1, lambda: run.step_fn(
+            data_iterator=batches.iterator, seq_length=batches.seq_length,
+            micro_batch_size=batches.micro_batch_size))
         state.step += 1
         # Counted in long sequences: a short step has the same tokens (sequence_lengths.py).
         state.consumed_samples += train_cfg.global_batch_size
-        step_metrics["tokens_per_s"] = tokens_per_step / (time.perf_counter() - started)
+        step_metrics = outcome.metrics
+        step_metrics.update(monitors.bad_steps.handle(state, step_metrics["loss"], outcome.verdict))
+        seconds = time.perf_counter() - started
+        tokens = train_cfg.global_batch_size * config.model.seq_length
+        step_metrics["tokens_per_s"] = tokens / seconds
         step_metrics["seq_length"] = batches.seq_length
+        step_metrics.update(monitors.step_report(state, tokens, batches.seq_length, seconds))
         result.losses.append((state.step, step_metrics["loss"]))
-        if len(data.phases) > 1:
-            step_metrics["data_phase"] = data.phase_for_step(state.step)
-        if metrics.should_log(state.step):
-            metrics.log_step(state.step, step_metrics)
+        if len(run.data.phases) > 1:
+            step_metrics["data_phase"] = run.data.phase_for_step(state.step)
         if train_cfg.eval_interval and state.step % train_cfg.eval_interval == 0:
-            with synchronized_parameters(setup.chunks):
-                valid = evaluate(config, setup, data.valid_dataset, context)
-            metrics.log_step(state.step, {**step_metrics, **valid})
+            with synchronized_parameters(run.setup.chunks):
+                step_metrics.update(evaluate(config, run.setup, run.data, run.context))
+            result.valid_losses.append((state.step, step_metrics["valid_loss"]))
+        if metrics.should_log(state.step) or _always_logged(step_metrics):
+            metrics.log_step(state.step, step_metrics)
+        run.saver.poll()
         steps_this_job = state.step - result.start_step
         exit_now = bool(train_cfg.exit_interval) and steps_this_job % train_cfg.exit_interval == 0
-        stop = (_any_rank(sigterm.received, context.device) or exit_now) and state.step < train_cfg.max_steps
+        stop = (_any_rank(sigterm.received, device) or exit_now) and state.step < train_cfg.max_steps
         if _should_save(config.checkpoint, state.step, train_cfg.max_steps) or stop:
-            with synchronized_parameters(setup.chunks):
-                result.checkpoint = save_checkpoint(checkpoint_dir, state, setup.chunks, optimizer,
-                                                    scheduler, keep_last=config.checkpoint.keep_last)
+            with synchronized_parameters(run.setup.chunks):
+                _save(run, result)
         if stop:
-            if is_logging_rank:
+            run.saver.finalize()
+            if run.context.rank == 0:
                 reason = "SIGTERM" if sigterm.received else "train.exit_interval"
                 print(f"[nemotron-train] {reason}: saved {result.checkpoint}, exiting", flush=True)
             result.interrupted = True
             break
     result.final_step = state.step
-    metrics.close()
+    result.skipped_steps, result.rollbacks = state.skipped_steps, state.rollbacks
     return result
+
+
+def _save(run: _Run, result: TrainResult) -> None:
+    sharded = checkpoint_state(run.state, run.setup.chunks, run.optimizer, run.scheduler,
+                               rounding_stream=run.setup.rounding_stream,
+                               optimizer_format=run.config.checkpoint.optimizer_format)
+    report = run.saver.save(sharded, run.state.step)
+    result.checkpoint = report.checkpoint
+    how = "in the background" if run.saver.options.asynchronous else "synchronously"
+    run.metrics.log_event(run.state.step, "checkpoint_saved",
+                          f"saving {report.checkpoint.name} {how} (training stalled {report.stall_s:.2f} s)",
+                          checkpoint=str(report.checkpoint), stall_s=report.stall_s,
+                          asynchronous=run.saver.options.asynchronous)
+
+
+def _log_published(metrics: MetricsLogger, state: TrainState, asynchronous: bool,
+                   checkpoint: Path, write_s: float) -> None:
+    # A synchronous save is published before its "saving" line: only background ones are news.
+    metrics.log_event(state.step, "checkpoint_published",
+                      f"{checkpoint.name} written and published as latest, {write_s:.2f} s after its save began",
+                      echo=asynchronous, checkpoint=str(checkpoint), write_s=write_s)
+
+
+def _always_logged(step_metrics: dict) -> bool:
+    """Steps logged whatever the interval: skipped, rolled back or evaluated ones."""
+    return any(key in step_metrics for key in ("skipped", "rolled_back_to", "valid_loss"))
+
+
+def _announce_start(loaded: Optional[LoadedCheckpoint], state: TrainState, context) -> None:
+    if loaded is None or context.rank != 0:
+        return
+    what = "resumed from" if loaded.train_state.step or loaded.rng_state else "loaded weights from"
+    note = ""
+    if loaded.rng_state is None and state.step:
+        note = " (random streams re-seeded: the checkpoint holds none for this layout)"
+    print(f"[nemotron-train] {what} {loaded.path} at step {state.step}{note}", flush=True)
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """One step's metrics and the non-finite check's verdict."""
+
+    metrics: dict
+    verdict: StepVerdict
 
 
 def train_step(*, forward_backward, data_iterator, model_chunks, optimizer, scheduler,
                num_microbatches, seq_length, micro_batch_size, device, moe_layers,
-               mtp_depths: int = 0) -> dict:
+               mtp_depths: int = 0) -> StepOutcome:
     """One optimizer step over `num_microbatches` micro-batches of `micro_batch_size` sequences
-    of `seq_length` tokens (both may change from step to step); return the step's metrics."""
+    of `seq_length` tokens (both may change from step to step). The update is applied only
+    when every rank found the loss and the gradients finite."""
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
+    restore_expert_bias = snapshot_expert_bias(model_chunks)
     reports = forward_backward(
         forward_step_func=partial(forward_step, device=device),
         data_iterator=data_iterator,
@@ -206,46 +320,19 @@ def train_step(*, forward_backward, data_iterator, model_chunks, optimizer, sche
         micro_batch_size=micro_batch_size,
         forward_only=False,
     )
-    _, grad_norm, _ = optimizer.step()
-    scheduler.step(increment=1)
-    metrics = {"loss": _mean_loss(reports, device), "lr": scheduler.get_lr(optimizer.param_groups[0]),
+    loss = mean_reported_loss(reports, device)
+    verdict = check_step(model_chunks, loss, device)
+    grad_norm = None
+    if verdict.finite:
+        _, grad_norm, _ = optimizer.step()
+        scheduler.step(increment=1)
+    else:
+        restore_expert_bias()
+    metrics = {"loss": loss, "lr": scheduler.get_lr(optimizer.param_groups[0]),
                "grad_norm": float(grad_norm) if grad_norm is not None else float("nan")}
     metrics.update(_moe_metrics(moe_layers, num_microbatches))
     metrics.update(mtp_metrics(mtp_depths, num_microbatches, device))
-    return metrics
-
-
-@torch.no_grad()
-def evaluate(config, setup, valid_dataset, context) -> dict:
-    """Mean validation loss over `train.eval_iters` micro-batches per data-parallel rank."""
-    iterator = build_data_iterator(valid_dataset, micro_batch_size=config.train.micro_batch_size,
-                                   consumed_samples=0, data_parallel_rank=context.data_parallel_rank,
-                                   data_parallel_size=context.data_parallel_size)
-    for chunk in setup.chunks:
-        chunk.eval()
-    reports = get_forward_backward_func()(
-        forward_step_func=partial(forward_step, device=context.device), data_iterator=iterator,
-        model=setup.chunks, num_microbatches=config.train.eval_iters,
-        seq_length=config.model.seq_length, micro_batch_size=config.train.micro_batch_size,
-        forward_only=True,
-    )
-    for chunk in setup.chunks:
-        chunk.train()
-    get_moe_metrics_tracker().clear()
-    return {"valid_loss": _mean_loss(reports, context.device)}
-
-
-def _mean_loss(reports: list, device) -> float:
-    """Token-weighted mean loss over micro-batches and data-parallel ranks.
-
-    Only the last pipeline stage has losses; the other ranks add zeros, and the
-    tensor-parallel copies scale sum and count alike, so the ratio is the mean.
-    """
-    totals = torch.zeros(2, dtype=torch.float64, device=device)
-    for report in reports:
-        totals += report["lm loss"].to(torch.float64)
-    dist.all_reduce(totals)
-    return (totals[0] / totals[1].clamp(min=1)).item()
+    return StepOutcome(metrics=metrics, verdict=verdict)
 
 
 def _moe_layer_flags(model_config) -> list:
@@ -305,23 +392,6 @@ def connect_megatron_hooks(setup, optimizer) -> None:
     config.grad_scale_func = optimizer.scale_loss
 
 
-def _maybe_resume(checkpoint_cfg, checkpoint_dir, chunks, optimizer, scheduler) -> TrainState:
-    source = None
-    if checkpoint_cfg.resume and resolve_checkpoint(checkpoint_dir) is not None:
-        source = checkpoint_dir
-    elif checkpoint_cfg.load:
-        source = checkpoint_cfg.load
-    if source is None:
-        return TrainState()
-    weights_only = source == checkpoint_cfg.load and checkpoint_cfg.finetune
-    state = load_checkpoint(source, chunks, optimizer, scheduler, weights_only=weights_only)
-    if dist.get_rank() == 0:
-        what = "loaded weights from" if weights_only else "resumed from"
-        print(f"[nemotron-train] {what} {resolve_checkpoint(source)} at step {state.step}",
-              flush=True)
-    return state
-
-
 def _should_save(checkpoint_cfg, step: int, max_steps: int) -> bool:
     if checkpoint_cfg.save_interval and step % checkpoint_cfg.save_interval == 0:
         return True
@@ -348,6 +418,26 @@ def reset_megatron_globals() -> None:
     MTPLossLoggingHelper.tracker.clear()
     MoEAuxLossAutoScaler.main_loss_backward_scale = None
     MTPLossAutoScaler.main_loss_backward_scale = torch.tensor(1.0)  # its class default
+
+
+def run_summary(result: TrainResult, run, run_dir: Path) -> str:
+    """The one line a run ends with: steps, validation losses, tokens, time, where things are."""
+    tokens = run.state.consumed_samples * run.config.model.seq_length
+    parts = [f"steps {result.start_step + 1}-{result.final_step} of {run.config.train.max_steps}"
+             if result.final_step > result.start_step else f"no step run (at {result.final_step})"]
+    if result.valid_losses:
+        best_step, best = min(result.valid_losses, key=lambda item: item[1])
+        parts.append(f"final valid loss {result.valid_losses[-1][1]:.4f}, best {best:.4f} (step {best_step})")
+    elif result.losses:
+        parts.append(f"final loss {result.losses[-1][1]:.4f}")
+    parts.append(f"{tokens:,} tokens")
+    if result.skipped_steps or result.rollbacks:
+        parts.append(f"{result.skipped_steps} skipped, {result.rollbacks} rollbacks")
+    parts.append(f"wall {format_duration(time.perf_counter() - run.metrics.start_time)}")
+    parts.append(f"checkpoint {result.checkpoint or 'none'}")
+    parts.append(f"metrics {Path(run_dir) / 'metrics.jsonl'}")
+    state = "interrupted" if result.interrupted else "done"
+    return f"[nemotron-train] {state}: " + " | ".join(parts)
 
 
 def _agree_on_run_dir(run_dir: Path) -> Path:

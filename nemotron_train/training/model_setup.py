@@ -13,6 +13,10 @@ from megatron.core.transformer.module import Float16Module
 from nemotron_train.model.config import padded_vocab_size
 from nemotron_train.precision.execution import apply_precision_plan
 from nemotron_train.precision.presets import precision_settings
+from nemotron_train.precision.stochastic_rounding import (
+    StochasticRoundingStream,
+    attach_rounding_stream,
+)
 from nemotron_train.runtime.distributed import megatron_parallel_fields
 from nemotron_train.training.run_plan import RunPlan, plan_run
 from nemotron_train.training.throughput import initialize_userbuffers
@@ -26,6 +30,8 @@ class ModelSetup:
     transformer_config: TransformerConfig
     vocab_size: int
     plan: RunPlan
+    rounding_stream: Optional[StochasticRoundingStream] = None
+    """The emulated NVFP4 stochastic rounding's own random stream (None without it)."""
 
 
 def build_transformer_config(config, plan: Optional[RunPlan] = None) -> TransformerConfig:
@@ -67,6 +73,10 @@ def build_model(config, tokenizer_vocab_size: int, device, plan: Optional[RunPla
     model.to(device)
     # On the bare model: the policy's rules name HybridModel's modules, not a wrapper's.
     apply_precision_plan(model, plan.precision)
+    rounding_stream = None
+    if plan.precision.path == "emulated" and plan.precision.nvfp4_recipe.stochastic_rounding:
+        rounding_stream = StochasticRoundingStream(config.seed, dist.get_rank(), device)
+        attach_rounding_stream(model, rounding_stream)
     if transformer_config.bf16 or transformer_config.fp16:
         # As Megatron-LM does: one dtype for every parameter (MambaMixer keeps A_log and D
         # in fp32 otherwise), fp32 logits out; the optimizer keeps fp32 main params.
@@ -78,4 +88,4 @@ def build_model(config, tokenizer_vocab_size: int, device, plan: Optional[RunPla
     )
     chunk = DistributedDataParallel(config=transformer_config, ddp_config=ddp_config, module=model)
     return ModelSetup(chunks=[chunk], transformer_config=transformer_config, vocab_size=vocab_size,
-                      plan=plan)
+                      plan=plan, rounding_stream=rounding_stream)

@@ -26,10 +26,15 @@ def logged(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+PEAK_TFLOPS = 0.05
+
+
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tiny")
-    result = train(run_dir, "train.max_steps=40", "optim.warmup_steps=4", "logging.log_interval=1")
+    result = train(run_dir, "train.max_steps=40", "optim.warmup_steps=4", "logging.log_interval=1",
+                   "train.eval_interval=20", "train.eval_iters=2", f"logging.peak_tflops={PEAK_TFLOPS}",
+                   "logging.expert_load_interval=20")
     return run_dir, result
 
 
@@ -52,6 +57,49 @@ def test_run_directory_holds_config_metrics_and_checkpoint(short_run):
     assert record["step"] == 40 and record["tokens_per_s"] > 0
     assert (run_dir / "checkpoints" / "latest").read_text() == "iter_0000040"
     assert "step     40/40" in result.stdout and "ETA" in result.stdout
+
+
+def test_every_step_is_logged_once_with_its_validation_loss(short_run):
+    run_dir, _ = short_run
+    records = logged(run_dir)
+    assert [r["step"] for r in records] == list(range(1, 41))
+    assert [r["step"] for r in records if "valid_loss" in r] == [20, 40]
+
+
+def test_metrics_carry_model_flops_mfu_memory_and_expert_load(short_run):
+    from tests.recipes.test_recipes import compose_recipe
+    from nemotron_train.model.report import build_report
+
+    run_dir, _ = short_run
+    flops_per_token = build_report(compose_recipe("tiny"))["flops_per_token"]  # the dry run's count
+    for record in logged(run_dir):
+        # One process: model FLOPs per second = FLOPs per token x tokens per second.
+        assert record["tflops_per_s"] * 1e12 == pytest.approx(flops_per_token * record["tokens_per_s"], rel=1e-9)
+        assert record["mfu"] == pytest.approx(record["tflops_per_s"] / PEAK_TFLOPS, rel=1e-12)
+        assert 0.2 < record["peak_memory_gb"] < 20  # the process's peak RSS
+        assert record["skipped_steps"] == 0
+    loads = {r["step"]: r["expert_load"] for r in logged(run_dir) if "expert_load" in r}
+    assert sorted(loads) == [20, 40]
+    tokens = 8 * 256 * 2  # global batch x sequence x top-2
+    for layers in loads.values():
+        assert sorted(layers) == ["decoder.layers.1", "decoder.layers.5"]  # MEM*ME: the E layers
+        for layer in layers.values():
+            assert sum(layer["tokens"]) == tokens and len(layer["tokens"]) == 8
+            assert layer["min"] == min(layer["tokens"]) and layer["max"] == max(layer["tokens"])
+            mean = tokens / 8
+            std = (sum((t - mean) ** 2 for t in layer["tokens"]) / 8) ** 0.5
+            assert layer["cv"] == pytest.approx(std / mean)
+
+
+def test_the_run_ends_with_a_one_line_summary(short_run):
+    run_dir, result = short_run
+    last = result.stdout.strip().splitlines()[-1]
+    valid = [r["valid_loss"] for r in logged(run_dir) if "valid_loss" in r]
+    assert last.startswith("[nemotron-train] done: steps 1-40 of 40")
+    assert f"final valid loss {valid[-1]:.4f}, best {min(valid):.4f}" in last
+    assert f"{40 * 8 * 256:,} tokens" in last
+    assert f"checkpoint {run_dir / 'checkpoints' / 'iter_0000040'}" in last
+    assert f"metrics {run_dir / 'metrics.jsonl'}" in last
 
 
 @pytest.mark.parametrize("distributed_optimizer", [False, True])

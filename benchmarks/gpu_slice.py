@@ -5,7 +5,7 @@ The slice is Nemotron 3 Nano's first six layers (`MEMEM*`: 3 Mamba-2, 2 MoE with
 top-6 and the shared expert, 1 attention) at Nano's widths (hidden 2688, vocabulary 131072),
 sequence 4096, micro-batch 1, 8 micro-batches per step, BF16, no recompute, one process. It
 runs the real training loop (`nemotron_train.training.loop.train`); the dry run
-(`nemotron_train.model.report.build_report`) is computed for the same RunConfig.
+(`nemotron_train.planning.report.build_report`) is computed for the same RunConfig.
 
     python benchmarks/gpu_slice.py                   # on the GPU machine (benchmarks/gpu/run.sh)
     python benchmarks/gpu_slice.py --device cpu      # a rehearsal at tiny width on a CPU
@@ -287,7 +287,7 @@ def main():
                  f"train.max_steps={args.warmup_steps + args.timed_steps}", *args.overrides]
     config = compose(overrides)
 
-    from nemotron_train.model.report import build_report
+    from nemotron_train.planning.report import build_report
 
     # Before train(): the dry run starts and ends its own process group.
     figures = estimate_figures(build_report(config))

@@ -7,7 +7,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.config.schema import RunConfig
 from nemotron_train.convert.hf_source import is_hf_load, resolve_hf_load
 
@@ -46,7 +46,7 @@ def run(cfg: DictConfig) -> None:
         if is_hf_load(config.checkpoint.load) and not config.dry_run:
             use_hf_checkpoint(config, cfg)
         if config.dry_run:
-            from nemotron_train.model.report import dry_run
+            from nemotron_train.planning.report import dry_run
 
             write_resolved_config(cfg, run_dir)
             dry_run(config, run_dir)
@@ -73,12 +73,12 @@ def run(cfg: DictConfig) -> None:
 def model_flops(config):
     """The model's training FLOPs per token from the dry-run accounting, for the metrics'
     `tflops_per_s` and `mfu` (counted on meta-device modules, before the run's own groups)."""
-    from nemotron_train.model import accounting
-    from nemotron_train.model.report import resolve_vocab_size
+    from nemotron_train.planning import parameters, training_flops
+    from nemotron_train.planning.report import resolve_vocab_size
     from nemotron_train.training.step_performance import ModelFlops
 
     vocab_size = resolve_vocab_size(config)
-    flops = accounting.flops_per_token(config.model, accounting.count_parameters(config.model, vocab_size),
-                                       vocab_size)
-    return ModelFlops(per_token=flops.total, seq_length=flops.seq_length,
-                      attention_per_context_token=flops.attention_core_per_context_token)
+    counts = parameters.count_parameters(config.model, vocab_size)
+    per_token = training_flops.flops_per_token(config.model, counts, vocab_size)
+    return ModelFlops(per_token=per_token.total, seq_length=per_token.seq_length,
+                      attention_per_context_token=per_token.attention_core_per_context_token)

@@ -9,7 +9,7 @@ def fresh_megatron_globals():
     """Tests that build models outside `train()` must not leak Megatron-Core's process-wide
     trackers (sized by the first model) into the next test."""
     yield
-    from nemotron_train.training.loop import reset_megatron_globals
+    from nemotron_train.runtime.megatron_session import reset_megatron_globals
 
     reset_megatron_globals()
 

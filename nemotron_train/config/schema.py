@@ -9,7 +9,7 @@ from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.data.config import DataConfig
 from nemotron_train.data.curriculum import plan_data_phases
 from nemotron_train.model.config import HybridModelConfig

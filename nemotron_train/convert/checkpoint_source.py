@@ -8,7 +8,7 @@ run's `config.yaml` is looked up beside each of those, or given explicitly.
 from dataclasses import dataclass
 from pathlib import Path
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.config.schema import RunConfig, load_run_config_file
 from nemotron_train.training.checkpoint import resolve_checkpoint
 

@@ -15,11 +15,11 @@ import torch
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.model.config import HybridModelConfig
 from nemotron_train.runtime.device_redirect import allocate_on
 from nemotron_train.runtime.distributed import ParallelConfig, megatron_parallel_fields
-from nemotron_train.training.loop import megatron_session
+from nemotron_train.runtime.megatron_session import megatron_session
 
 MODEL_KEY = "model"  # the trainer's checkpoints hold the model under this key
 EMBEDDING = "embedding.word_embeddings.weight"

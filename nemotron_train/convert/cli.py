@@ -17,7 +17,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 
 DEFAULT_TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2}
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

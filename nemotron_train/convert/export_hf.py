@@ -16,7 +16,7 @@ import tokenizers
 import torch
 from megatron.core import dist_checkpointing
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.convert.checkpoint_source import resolve_source
 from nemotron_train.convert.checkpoint_tensors import (
     EMBEDDING,

@@ -13,7 +13,7 @@ lists each difference.
 import dataclasses
 import math
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.model.config import HybridModelConfig
 from nemotron_train.model.pattern import MTP_SEPARATOR
 

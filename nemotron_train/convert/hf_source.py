@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.config.schema import load_run_config
 from nemotron_train.convert.checkpoint_source import CHECKPOINTS_DIR, CONFIG_FILE
 from nemotron_train.convert.hf_config import ImportedModel, differing_fields, model_from_hf

@@ -15,7 +15,7 @@ import tokenizers
 import torch
 from omegaconf import OmegaConf
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.config.schema import RunConfig
 from nemotron_train.convert.checkpoint_tensors import (
     build_meta_model,

@@ -14,13 +14,13 @@ import torch
 from megatron.core import dist_checkpointing
 from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.convert.checkpoint_source import CheckpointSource
 from nemotron_train.convert.checkpoint_tensors import EMBEDDING
 from nemotron_train.precision.presets import PrecisionConfig
 from nemotron_train.runtime.distributed import ParallelConfig
 from nemotron_train.training.checkpoint import load_checkpoint
-from nemotron_train.training.loop import megatron_session
+from nemotron_train.runtime.megatron_session import megatron_session
 from nemotron_train.training.model_setup import build_model
 
 LOGITS_DTYPES = ("fp32", "bf16")

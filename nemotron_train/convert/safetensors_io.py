@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"

@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 from typing import Any
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 
 TOKENIZER_TYPES = ("builtin", "huggingface", "tiktoken", "sentencepiece")
 CORPORA = ("stdlib", "prefixes")

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset, Subset
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.data.config import DataConfig
 from nemotron_train.data.datasets import PretrainingDataset, build_data_iterator, build_datasets
 from nemotron_train.data.sequence_lengths import SequenceLengthSchedule

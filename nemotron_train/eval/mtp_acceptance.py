@@ -66,14 +66,14 @@ def measure(run_dir: Path, batches: int) -> dict:
     """Load the run's latest checkpoint and measure acceptance on `batches` validation micro-batches."""
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
-    from nemotron_train.config.errors import ConfigError
+    from nemotron_train.errors import ConfigError
     from nemotron_train.config.schema import load_run_config
     from nemotron_train.data.curriculum import build_train_data
     from nemotron_train.data.datasets import build_data_iterator
     from nemotron_train.data.tokenizer import build_tokenizer
     from nemotron_train.runtime.distributed import ParallelConfig
     from nemotron_train.training.checkpoint import load_checkpoint
-    from nemotron_train.training.loop import megatron_session
+    from nemotron_train.runtime.megatron_session import megatron_session
     from nemotron_train.training.model_setup import build_model
 
     config = load_run_config(run_dir)
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", type=int, default=16, help="validation micro-batches (default 16)")
     parser.add_argument("--out", type=Path, help=f"result JSON (default <run_dir>/{RESULT_FILE})")
     args = parser.parse_args(argv)
-    from nemotron_train.config.errors import ConfigError
+    from nemotron_train.errors import ConfigError
 
     try:
         result = measure(args.run_dir, args.batches)

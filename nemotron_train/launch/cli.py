@@ -16,7 +16,7 @@ from pathlib import Path
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.launch.data_prep_job import DATA_PREP_COMMAND
 from nemotron_train.launch.data_prep_job import main as data_prep_main
 from nemotron_train.launch.options import add_environment_options, add_sbatch_options, job_environment, sbatch_options

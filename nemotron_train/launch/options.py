@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 
 
 def add_environment_options(parser: argparse.ArgumentParser, venv_command: str) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nemotron_train.config.schema import RunConfig
-from nemotron_train.model.layout import check_layout, require_valid_layout
+from nemotron_train.planning.layout import check_layout, require_valid_layout
 
 SBATCH_SCRIPT = Path("launch") / "slurm" / "train.sbatch"
 

@@ -7,7 +7,7 @@ from typing import Optional
 from megatron.core.activations import squared_relu
 from megatron.core.transformer import TransformerConfig
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.model.pattern import HybridPattern, parse_pattern
 
 
@@ -216,7 +216,7 @@ class HybridModelConfig:
 
     def build(self, transformer_config: TransformerConfig, vocab_size: int, *,
               pre_process: bool = True, post_process: bool = True, pg_collection=None,
-              vp_stage: Optional[int] = None, spec: Optional[str] = None):
+              spec: Optional[str] = None):
         """Build a bare Megatron-Core HybridModel for one pipeline stage (no DDP wrapping).
 
         `spec` is the layer spec the run plan resolved ('te' or 'local'); None resolves
@@ -224,10 +224,15 @@ class HybridModelConfig:
         """
         from megatron.core.models.hybrid.hybrid_model import HybridModel
 
-        from nemotron_train.model.specs import select_hybrid_stack_spec
+        from nemotron_train.model import te_standins
+        from nemotron_train.model.specs import hybrid_stack_spec
+        from nemotron_train.precision.execution import select_layer_spec
+        from nemotron_train.runtime.backends import transformer_engine_available
 
-        spec, _ = select_hybrid_stack_spec(
-            spec or self.spec, context_parallel=transformer_config.context_parallel_size > 1)
+        te_standins.install()  # HybridStack and LatentMoE build TE modules whatever the spec says
+        if spec is None:
+            spec, _ = select_layer_spec(self.spec, "high_precision", transformer_engine_available())
+        spec = hybrid_stack_spec(spec, context_parallel=transformer_config.context_parallel_size > 1)
         # MambaMixer takes its chunk size and conv width as constructor arguments, not from
         # the config.
         spec = copy.deepcopy(spec)
@@ -245,7 +250,6 @@ class HybridModelConfig:
             share_embeddings_and_output_weights=False,
             position_embedding_type="none",
             pg_collection=pg_collection,
-            vp_stage=vp_stage,
         )
 
 

@@ -8,7 +8,7 @@ and the expert FLOPs per token match (Megatron-Core builds the layer from `moe_l
 
 from dataclasses import dataclass
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 
 
 @dataclass(frozen=True)

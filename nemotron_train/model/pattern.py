@@ -9,7 +9,7 @@ pattern fails with the key, the offending character and the fix.
 from collections import Counter
 from dataclasses import dataclass
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 
 LAYER_SYMBOLS = {"M": "mamba", "E": "moe", "*": "attention", "-": "mlp"}
 PIPELINE_SEPARATOR = "|"

@@ -40,7 +40,6 @@ from megatron.core.transformer.transformer_layer import (
     TransformerLayerSubmodules,
 )
 
-from nemotron_train.config.errors import ConfigError
 from nemotron_train.model.context_parallel_attention import ContextParallelAttention
 from nemotron_train.model.norms import RMSNorm, RMSNormWithExtraState
 from nemotron_train.model.sdpa_attention import ScaledDotProductAttention
@@ -48,7 +47,7 @@ from nemotron_train.precision.parallel_linear import (
     QuantizedColumnParallelLinear,
     QuantizedRowParallelLinear,
 )
-from nemotron_train.runtime.backends import cuda_available, transformer_engine_available
+from nemotron_train.runtime.backends import cuda_available
 
 
 # Checkpoint keys of the TE spec's fused norms: TELayerNormColumnParallelLinear saves its norm
@@ -167,20 +166,11 @@ def local_hybrid_stack_spec(context_parallel: bool = False, fused_attention: boo
     )
 
 
-def select_hybrid_stack_spec(backend: str = "auto", context_parallel: bool = False) -> tuple[ModuleSpec, str]:
-    """Return `(spec, name)` for `backend` in {"auto", "te", "local"}.
+def hybrid_stack_spec(layer_spec: str, context_parallel: bool = False) -> ModuleSpec:
+    """The module spec of a resolved layer spec, 'te' or 'local' (precision/execution.py's
+    `select_layer_spec` resolves `model.spec` and refuses what cannot run)."""
+    if layer_spec == "te":
+        from megatron.core.models.hybrid.hybrid_layer_specs import hybrid_stack_spec as te_spec
 
-    "auto" takes Megatron-Core's TE spec when TransformerEngine imports, else the local one.
-    """
-    if backend not in ("auto", "te", "local"):
-        raise ConfigError("model.spec", backend, "choose one of 'auto', 'te', 'local'")
-    use_te = backend == "te" or (backend == "auto" and transformer_engine_available())
-    if use_te:
-        if not transformer_engine_available():
-            raise ConfigError("model.spec", backend,
-                              "TransformerEngine cannot be imported here; install the `gpu` "
-                              "extra or use model.spec=local (or auto)")
-        from megatron.core.models.hybrid.hybrid_layer_specs import hybrid_stack_spec
-
-        return hybrid_stack_spec, "te"
-    return local_hybrid_stack_spec(context_parallel), "local"
+        return te_spec
+    return local_hybrid_stack_spec(context_parallel)

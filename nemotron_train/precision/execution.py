@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.precision.parallel_linear import QuantizedGemmMixin
 from nemotron_train.precision.policy import (
     QUANTIZED_FORMATS,
@@ -38,7 +38,7 @@ from nemotron_train.precision.policy import (
     uniform_policy,
 )
 from nemotron_train.precision.presets import PrecisionConfig, precision_settings
-from nemotron_train.precision.quantized_linear import NVFP4Recipe
+from nemotron_train.precision.quantized_linear import NVFP4Techniques
 
 NATIVE_DESCRIPTION = "native (TE NVFP4)"
 EMULATED_DESCRIPTION = "emulated (nemotron_train.precision)"
@@ -69,7 +69,7 @@ class PrecisionPlan:
     description: str
     """What the run prints: ``precision path: <description>``."""
     policy: PrecisionPolicy
-    nvfp4_recipe: NVFP4Recipe
+    nvfp4_techniques: NVFP4Techniques
     transformer_fields: dict
     """The preset's dtype fields, plus the fp4 fields on the native path."""
     spec: str = "local"
@@ -161,16 +161,16 @@ def plan_precision(precision: PrecisionConfig, num_layers: int,
     path = select_precision_path(precision, native_available, spec)
     layer_spec, spec_reason = select_layer_spec(spec, path, te_available)
     policy = precision_policy(precision, num_layers)
-    recipe = NVFP4Recipe(rht=precision.rht, stochastic_rounding=precision.stochastic_rounding,
+    techniques = NVFP4Techniques(rht=precision.rht, stochastic_rounding=precision.stochastic_rounding,
                          weight_2d=precision.weight_2d)
     fields = precision_settings(precision).transformer
     if path == "native":
-        require_native_ablation_environment(recipe, os.environ)
+        require_native_ablation_environment(techniques, os.environ)
         fields.update(native_transformer_fields(policy, num_layers))
     description = {"native": NATIVE_DESCRIPTION, "emulated": EMULATED_DESCRIPTION,
                    "high_precision": f"{precision.recipe} (no quantized GEMMs)"}[path]
     return PrecisionPlan(path=path, description=description, policy=policy,
-                         nvfp4_recipe=recipe, transformer_fields=fields, spec=layer_spec,
+                         nvfp4_techniques=techniques, transformer_fields=fields, spec=layer_spec,
                          spec_reason=spec_reason)
 
 
@@ -180,12 +180,12 @@ def apply_precision_plan(model, plan: PrecisionPlan) -> dict[str, str]:
     ``{module name: format}`` map of the modules holding a weight matrix."""
     if plan.path == "native":
         return plan.policy.map(_weight_matrix_module_names(model))
-    return apply_precision_policy(model, plan.policy, plan.nvfp4_recipe)
+    return apply_precision_policy(model, plan.policy, plan.nvfp4_techniques)
 
 
 def apply_precision_policy(model, policy: PrecisionPolicy,
-                           recipe: NVFP4Recipe = NVFP4Recipe()) -> dict[str, str]:
-    """Set ``quantization_format`` (and the NVFP4 recipe) on every quantized linear of
+                           techniques: NVFP4Techniques = NVFP4Techniques()) -> dict[str, str]:
+    """Set ``quantization_format`` (and the NVFP4 techniques) on every quantized linear of
     the bare ``model`` (a HybridModel of one pipeline stage, before DDP wrapping).
 
     Module names are matched with global layer indices. Raises ``RuntimeError`` when the
@@ -201,7 +201,7 @@ def apply_precision_policy(model, policy: PrecisionPolicy,
         fmt = policy.format_of(name)
         if isinstance(module, QuantizedGemmMixin):
             module.quantization_format = fmt
-            module.nvfp4_recipe = recipe
+            module.nvfp4_techniques = techniques
         elif fmt in QUANTIZED_FORMATS:
             raise RuntimeError(
                 f"the precision policy puts {name} ({type(module).__name__}) in {fmt}, but only "
@@ -227,15 +227,15 @@ def native_transformer_fields(policy: PrecisionPolicy, num_layers: int) -> dict:
         first_last_layers_bf16=bool(layers),
         num_layers_at_start_in_bf16=0,
         num_layers_at_end_in_bf16=len(layers),
-        quant_recipe=RecipeConfig.from_config_dict(quantization_recipe(policy)),
+        quant_recipe=RecipeConfig.from_config_dict(te_quantization_recipe(policy)),
     )
 
 
-def quantization_recipe(policy: PrecisionPolicy) -> dict:
+def te_quantization_recipe(policy: PrecisionPolicy) -> dict:
     """``policy``'s module rules as Megatron-Core's per-module quantization recipe (the
     dict its ``RecipeConfig.from_config_dict`` / the YAML file hold).
 
-    One TE config per format (BF16 = no quantization recipe, which Megatron-Core turns
+    One TE config per format (BF16 = no TE quantization recipe, which Megatron-Core turns
     into ``fp8_autocast(enabled=False)``), one glob matcher per rule in the policy's
     order, and a final ``*`` matcher for the default. The whole-layer rules are left to
     ``num_layers_at_end_in_bf16``: inside those layers no quantized autocast is active,
@@ -253,23 +253,23 @@ def quantization_recipe(policy: PrecisionPolicy) -> dict:
     return dict(configs=configs, matchers=matchers)
 
 
-def write_quantization_recipe(policy: PrecisionPolicy, path: Path) -> Path:
-    """Write :func:`quantization_recipe` as the YAML file Megatron-Core's
+def write_te_quantization_recipe(policy: PrecisionPolicy, path: Path) -> Path:
+    """Write :func:`te_quantization_recipe` as the YAML file Megatron-Core's
     ``load_quantization_recipe`` reads; returns ``path``."""
     import yaml
 
     path = Path(path)
-    path.write_text(yaml.safe_dump(quantization_recipe(policy), sort_keys=False))
+    path.write_text(yaml.safe_dump(te_quantization_recipe(policy), sort_keys=False))
     return path
 
 
-def require_native_ablation_environment(recipe: NVFP4Recipe, environ) -> None:
-    """Raise ConfigError unless TE's environment switches say what ``recipe`` says.
+def require_native_ablation_environment(techniques: NVFP4Techniques, environ) -> None:
+    """Raise ConfigError unless TE's environment switches say what ``techniques`` says.
 
     TE reads them at import, so they must be set before the run starts.
     """
     for feature, variable in TE_ABLATION_VARIABLES.items():
-        enabled = getattr(recipe, feature)
+        enabled = getattr(techniques, feature)
         disabled_in_te = environ.get(variable, "0") == "1"
         if enabled == disabled_in_te:
             value = "1" if not enabled else "0 (or unset)"

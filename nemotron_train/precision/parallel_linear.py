@@ -34,7 +34,7 @@ from megatron.core.utils import get_pg_size
 
 from nemotron_train.precision.quantized_linear import (
     FlushCounter,
-    NVFP4Recipe,
+    NVFP4Techniques,
     mxfp8_linear,
     nvfp4_linear,
 )
@@ -47,7 +47,7 @@ class QuantizedGemmMixin:
 
     quantization_format: str = "bf16"
     """'nvfp4' or 'mxfp8' quantize the GEMMs; anything else runs Megatron-Core's GEMM."""
-    nvfp4_recipe: NVFP4Recipe = NVFP4Recipe()
+    nvfp4_techniques: NVFP4Techniques = NVFP4Techniques()
     """Which NVFP4 recipe features are on (ablation switches)."""
     flush_counter: FlushCounter | None = None
     """When set, counts the values each operand's quantization flushed to zero."""
@@ -76,7 +76,7 @@ class QuantizedGemmMixin:
             total_input = input
         amax_group = self.tp_group if get_pg_size(self.tp_group) > 1 else None
         output = _padded_quantized_gemm(total_input, weight, self.quantization_format,
-                                        self.nvfp4_recipe, amax_group, self.flush_counter,
+                                        self.nvfp4_techniques, amax_group, self.flush_counter,
                                         self.rounding_generator)
         bias = kwargs.get("bias")
         return output if bias is None else output + bias
@@ -90,7 +90,7 @@ class QuantizedRowParallelLinear(QuantizedGemmMixin, RowParallelLinear):
     """Megatron-Core's RowParallelLinear whose GEMMs follow ``quantization_format``."""
 
 
-def _padded_quantized_gemm(x, weight, fmt, recipe, amax_group, flush_counter, generator=None):
+def _padded_quantized_gemm(x, weight, fmt, techniques, amax_group, flush_counter, generator=None):
     """``x @ weight.T`` in ``fmt`` with tokens, in and out zero-padded to the block size."""
     block = _BLOCK[fmt]
     tokens = x.reshape(-1, x.shape[-1])
@@ -101,7 +101,7 @@ def _padded_quantized_gemm(x, weight, fmt, recipe, amax_group, flush_counter, ge
         tokens = F.pad(tokens, (0, pad_in, 0, pad_tokens))
     padded_weight = F.pad(weight, (0, pad_in, 0, pad_out)) if pad_in or pad_out else weight
     if fmt == "nvfp4":
-        y = nvfp4_linear(tokens, padded_weight, recipe, tp_group=amax_group,
+        y = nvfp4_linear(tokens, padded_weight, techniques, tp_group=amax_group,
                          generator=generator, flush_counter=flush_counter)
     else:
         y = mxfp8_linear(tokens, padded_weight, flush_counter=flush_counter)

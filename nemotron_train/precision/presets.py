@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 
 EXECUTIONS = ("auto", "native", "emulated")
 
@@ -45,11 +45,11 @@ class PrecisionConfig:
 
 @dataclass(frozen=True)
 class PrecisionSettings:
-    """Fields for Megatron-Core's TransformerConfig, OptimizerConfig and DDP config."""
+    """Fields for Megatron-Core's TransformerConfig and OptimizerConfig (the DDP config reads
+    `precision.grad_reduce_in_fp32` itself)."""
 
     transformer: dict = field(default_factory=dict)
     optimizer: dict = field(default_factory=dict)
-    ddp: dict = field(default_factory=dict)
 
 
 _BF16 = PrecisionSettings(
@@ -75,5 +75,4 @@ def precision_settings(config: PrecisionConfig) -> PrecisionSettings:
     return PrecisionSettings(
         transformer=dict(preset.transformer),
         optimizer=dict(preset.optimizer),
-        ddp=dict(grad_reduce_in_fp32=config.grad_reduce_in_fp32, **preset.ddp),
     )

@@ -31,7 +31,7 @@ AmaxReduce = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True, kw_only=True)
-class NVFP4Recipe:
+class NVFP4Techniques:
     """Which parts of the NVFP4 training recipe are on; each can be switched off for ablations."""
 
     rht: bool = True
@@ -83,12 +83,12 @@ class FlushCounter:
 def nvfp4_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
-    recipe: NVFP4Recipe = NVFP4Recipe(),
+    techniques: NVFP4Techniques = NVFP4Techniques(),
     tp_group: dist.ProcessGroup | None = None,
     generator: torch.Generator | None = None,
     flush_counter: FlushCounter | None = None,
 ) -> torch.Tensor:
-    """``x @ weight.T`` with NVFP4 fprop, dgrad and wgrad GEMMs as ``recipe`` prescribes.
+    """``x @ weight.T`` with NVFP4 fprop, dgrad and wgrad GEMMs as ``techniques`` prescribes.
 
     Args:
         x: input ``(..., in)``, e.g. ``(seq, batch, hidden)``; the leading
@@ -96,7 +96,7 @@ def nvfp4_linear(
             multiple of 16 (the wgrad blocks run along the tokens).
         weight: ``(out, in)``; ``in`` (and ``out`` with 2D weight blocks) must
             be multiples of 16.
-        recipe: which recipe features are on.
+        techniques: which NVFP4 techniques are on.
         tp_group: when given, every operand's amax is max-reduced across it
             (``all_reduce`` MAX) before the scales are computed, so each rank's
             shard is quantized as the unsharded tensor would be.
@@ -109,7 +109,7 @@ def nvfp4_linear(
         ``x`` and ``weight``.
     """
     amax_reduce = None if tp_group is None else _all_reduce_max(tp_group)
-    return NVFP4LinearFunction.apply(x, weight, recipe, amax_reduce, generator, flush_counter)
+    return NVFP4LinearFunction.apply(x, weight, techniques, amax_reduce, generator, flush_counter)
 
 
 def mxfp8_linear(
@@ -138,7 +138,7 @@ class NVFP4LinearFunction(torch.autograd.Function):
         ctx,
         x: torch.Tensor,
         weight: torch.Tensor,
-        recipe: NVFP4Recipe,
+        techniques: NVFP4Techniques,
         amax_reduce: AmaxReduce | None,
         generator: torch.Generator | None,
         flush_counter: FlushCounter | None,
@@ -146,17 +146,17 @@ class NVFP4LinearFunction(torch.autograd.Function):
         quantize = _nvfp4_operand_quantizer(amax_reduce, generator, flush_counter)
         tokens = x.reshape(-1, x.shape[-1])
         x_hat = quantize("x", tokens)
-        w_hat = quantize("weight", weight, tile=(16, 16) if recipe.weight_2d else (1, 16))
-        ctx.save_for_backward(x, weight, w_hat if recipe.weight_2d else None)
-        ctx.recipe, ctx.quantize = recipe, quantize
+        w_hat = quantize("weight", weight, tile=(16, 16) if techniques.weight_2d else (1, 16))
+        ctx.save_for_backward(x, weight, w_hat if techniques.weight_2d else None)
+        ctx.techniques, ctx.quantize = techniques, quantize
         y = _gemm(x_hat, w_hat)
         return y.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         x, weight, w_hat = ctx.saved_tensors
-        recipe, quantize = ctx.recipe, ctx.quantize
-        rounding = "stochastic" if recipe.stochastic_rounding else "rne"
+        techniques, quantize = ctx.techniques, ctx.quantize
+        rounding = "stochastic" if techniques.stochastic_rounding else "rne"
         tokens = x.reshape(-1, x.shape[-1])
         dy = grad_output.reshape(-1, grad_output.shape[-1])
 
@@ -164,13 +164,13 @@ class NVFP4LinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dy_hat = quantize("grad_output", dy, rounding=rounding)
             # A 16x16-block quantization of Wᵀ is the transpose of W's.
-            w_t_hat = w_hat.T if recipe.weight_2d else quantize("weight_t", weight.T)
+            w_t_hat = w_hat.T if techniques.weight_2d else quantize("weight_t", weight.T)
             grad_x = _gemm(dy_hat, w_t_hat).to(x.dtype).reshape(x.shape)
 
         grad_w = None
         if ctx.needs_input_grad[1]:
-            dy_t_hat = quantize("grad_output_t", dy.T, rounding=rounding, rht=recipe.rht)
-            x_t_hat = quantize("x_t", tokens.T, rht=recipe.rht)
+            dy_t_hat = quantize("grad_output_t", dy.T, rounding=rounding, rht=techniques.rht)
+            x_t_hat = quantize("x_t", tokens.T, rht=techniques.rht)
             grad_w = _gemm(dy_t_hat, x_t_hat).to(weight.dtype)
         return grad_x, grad_w, None, None, None, None
 

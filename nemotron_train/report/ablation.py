@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 
 SMOOTHING_WINDOW = 5
 """The smoothed loss is the mean loss over this many last logged steps."""
@@ -73,7 +73,7 @@ def run_label(run_dir: Path) -> str:
 def summarize_run(run_dir: Path, window: int = SMOOTHING_WINDOW) -> ArmSummary:
     """Read one run's metrics, dry-run accounting and MTP acceptance."""
     from nemotron_train.config.schema import load_run_config
-    from nemotron_train.model.report import build_report
+    from nemotron_train.planning.report import build_report
     from nemotron_train.telemetry.metrics import read_metrics
 
     records = read_metrics(run_dir)

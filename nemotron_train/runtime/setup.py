@@ -2,7 +2,8 @@
 
 from dataclasses import dataclass
 
-from nemotron_train.runtime import cpu_compat, mamba_kernels, te_fallbacks
+from nemotron_train.runtime import cpu_compat, mamba_kernels
+from nemotron_train.runtime.backends import transformer_engine_available
 
 
 @dataclass(frozen=True)
@@ -21,12 +22,12 @@ class RuntimeInfo:
 
 
 def prepare_runtime() -> RuntimeInfo:
-    """Install the CPU stand-ins, TE fallbacks and Mamba kernel this machine needs."""
+    """Install the CPU stand-ins and the Mamba kernel this machine needs (the model installs
+    its own stand-ins for TE's modules where TE is missing: model/te_standins.py)."""
     on_cpu = cpu_compat.activate()
-    te_missing = te_fallbacks.install()
     kernel = mamba_kernels.install()
     return RuntimeInfo(
         device_type="cpu" if on_cpu else "cuda",
-        transformer_engine=not te_missing,
+        transformer_engine=transformer_engine_available(),
         mamba_kernel=kernel,
     )

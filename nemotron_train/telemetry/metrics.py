@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 
 
 @dataclass(kw_only=True)

@@ -18,7 +18,7 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.serialization import load_common_state_dict
 from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.training.optimizer import is_torch_adam
 from nemotron_train.training.checkpoint_integrity import LATEST_FILE, latest_checkpoint
 from nemotron_train.training.checkpoint_saver import (
@@ -136,14 +136,12 @@ def resolve_checkpoint(path) -> Optional[Path]:
 
 def _sharded_state(model_chunks, optimizer, *, is_loading: bool, weights_only: bool = False,
                    optimizer_format: str = "dp_reshardable") -> dict:
-    model_state = {}
-    for index, chunk in enumerate(model_chunks):
-        key = "model" if len(model_chunks) == 1 else f"model{index}"
-        model_state[key] = chunk.module.sharded_state_dict()
+    (chunk,) = model_chunks  # one chunk per rank: the interleaved pipeline is refused in validation
+    model_state = {"model": chunk.module.sharded_state_dict()}
     if weights_only:
         return model_state
     optimizer_state = optimizer.sharded_state_dict(
-        model_state if len(model_chunks) > 1 else model_state["model"], is_loading=is_loading,
+        model_state["model"], is_loading=is_loading,
         # The distributed optimizer's default format (flattened ranges) is rejected by
         # dist_checkpointing in this release (checkpoint.optimizer_format: the two that work).
         metadata={"distrib_optim_sharding_type": optimizer_format},
@@ -308,9 +306,8 @@ def load_checkpoint(path, model_chunks, optimizer, scheduler, *, weights_only: b
     if restorable(common.get(LAYOUT_KEY), RngLayout.current()):
         sharded[RNG_KEY] = rng_state_placeholder()
     loaded = dist_checkpointing.load(sharded, str(checkpoint), _load_strategy(fully_parallel))
-    for index, chunk in enumerate(model_chunks):
-        key = "model" if len(model_chunks) == 1 else f"model{index}"
-        chunk.module.load_state_dict(loaded[key])
+    (chunk,) = model_chunks
+    chunk.module.load_state_dict(loaded["model"])
     if weights_only:
         return LoadedCheckpoint(path=checkpoint)
     with torch.no_grad():

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from typing import Optional
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 
 NONFINITE_POLICIES = ("halt", "skip", "rollback")
 

@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.precision.policy import global_module_name, stage_first_layer_index
 
 FAULT_VALUES = {"nan": float("nan"), "inf": float("inf")}

@@ -3,7 +3,6 @@
 import logging
 import signal
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -13,18 +12,14 @@ import torch
 import torch.distributed as dist
 
 from megatron.core.distributed import finalize_model_grads
-from megatron.core.num_microbatches_calculator import (
-    destroy_num_microbatches_calculator,
-    init_num_microbatches_calculator,
-)
+from megatron.core.num_microbatches_calculator import init_num_microbatches_calculator
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.moe.moe_logging import get_moe_metrics_tracker
 
 from nemotron_train.data.curriculum import build_train_data
 from nemotron_train.data.sequence_lengths import SequenceLengthSchedule
 from nemotron_train.data.tokenizer import build_tokenizer
-from nemotron_train.runtime.distributed import destroy_distributed, initialize_distributed
-from nemotron_train.runtime.setup import prepare_runtime
+from nemotron_train.runtime.megatron_session import megatron_session
 from nemotron_train.telemetry.metrics import MetricsLogger, format_duration
 from nemotron_train.training.checkpoint import LoadedCheckpoint, TrainState, checkpoint_state
 from nemotron_train.training.checkpoint_saver import CheckpointSaver, resolve_save_options
@@ -88,22 +83,6 @@ def train(config, run_dir: Path, on_run_dir=None, model_flops: Optional[ModelFlo
         if context.rank == 0 and on_run_dir is not None:
             on_run_dir(run_dir)
         return _train(config, run_dir, runtime, context, sigterm, model_flops)
-
-
-@contextmanager
-def megatron_session(parallel):
-    """One job's Megatron-Core runtime in this process: the machine's runtime (CPU stand-ins
-    where there is no CUDA), Megatron-Core's globals reset, the process groups of `parallel`
-    (a ParallelConfig). Yields `(runtime, context)`; on exit the globals are reset and the
-    groups destroyed, so a later session in the same process starts clean."""
-    runtime = prepare_runtime()
-    reset_megatron_globals()
-    context = initialize_distributed(parallel)
-    try:
-        yield runtime, context
-    finally:
-        reset_megatron_globals()
-        destroy_distributed()
 
 
 @dataclass
@@ -386,8 +365,8 @@ def mtp_metrics(mtp_depths: int, num_microbatches: int, device) -> dict:
 def connect_megatron_hooks(setup, optimizer) -> None:
     """Give Megatron-Core's schedules the DDP sync, grad finalisation and loss scaling."""
     config = setup.transformer_config
-    chunks = setup.chunks
-    config.no_sync_func = chunks[0].no_sync if len(chunks) == 1 else [c.no_sync for c in chunks]
+    (chunk,) = setup.chunks  # one chunk per rank: the interleaved pipeline is refused in validation
+    config.no_sync_func = chunk.no_sync
     config.finalize_model_grads_func = finalize_model_grads
     config.grad_scale_func = optimizer.scale_loss
 
@@ -403,21 +382,6 @@ def _any_rank(flag: bool, device) -> bool:
     value = torch.tensor([int(flag)], dtype=torch.int32, device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
-
-
-def reset_megatron_globals() -> None:
-    """Process-wide state Megatron-Core keeps between runs (a second run in one process
-    would inherit it): the microbatch calculator, the MoE/MTP metric trackers sized by the
-    first model, and the aux-loss scales aliased to the first run's loss-scale tensor."""
-    from megatron.core.transformer.moe.moe_logging import destroy_moe_metrics_tracker
-    from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
-    from megatron.core.transformer.multi_token_prediction import MTPLossAutoScaler, MTPLossLoggingHelper
-
-    destroy_num_microbatches_calculator()
-    destroy_moe_metrics_tracker()
-    MTPLossLoggingHelper.tracker.clear()
-    MoEAuxLossAutoScaler.main_loss_backward_scale = None
-    MTPLossAutoScaler.main_loss_backward_scale = torch.tensor(1.0)  # its class default
 
 
 def run_summary(result: TrainResult, run, run_dir: Path) -> str:

@@ -74,7 +74,7 @@ def build_model(config, tokenizer_vocab_size: int, device, plan: Optional[RunPla
     # On the bare model: the policy's rules name HybridModel's modules, not a wrapper's.
     apply_precision_plan(model, plan.precision)
     rounding_stream = None
-    if plan.precision.path == "emulated" and plan.precision.nvfp4_recipe.stochastic_rounding:
+    if plan.precision.path == "emulated" and plan.precision.nvfp4_techniques.stochastic_rounding:
         rounding_stream = StochasticRoundingStream(config.seed, dist.get_rank(), device)
         attach_rounding_stream(model, rounding_stream)
     if transformer_config.bf16 or transformer_config.fp16:

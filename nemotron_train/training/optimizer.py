@@ -7,7 +7,7 @@ import torch
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 
 DECAY_STYLES = ("WSD", "cosine", "linear", "constant")
 WSD_DECAY_STYLES = ("linear", "cosine", "exponential", "minus_sqrt")

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 
 from nemotron_train.training.checkpoint import LoadedCheckpoint, load_checkpoint
 from nemotron_train.training.checkpoint_integrity import (

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.convert import export_hf as export_module
 from nemotron_train.convert.cli import main
 from tests.convert.conftest import REPO

@@ -5,7 +5,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.config.schema import register_schema
 from nemotron_train.data.cache import resolve_cache_dir
 from nemotron_train.data.config import DataConfig, DataPhaseConfig, TokenizerConfig, parse_split

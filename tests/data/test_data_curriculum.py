@@ -6,7 +6,7 @@ import pytest
 import torch
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.data.config import DataConfig, DataPhaseConfig
 from nemotron_train.data.curriculum import build_train_data, plan_data_phases
 from nemotron_train.data.datasets import build_data_iterator, build_datasets

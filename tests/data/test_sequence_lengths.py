@@ -2,7 +2,7 @@
 
 import pytest
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.config.schema import RunConfig
 from nemotron_train.data.sequence_lengths import SequenceLengthSchedule
 from nemotron_train.model.config import HybridModelConfig

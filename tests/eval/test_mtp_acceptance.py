@@ -4,7 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.config.schema import RunConfig
 from nemotron_train.eval.mtp_acceptance import greedy_acceptance, measure
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.launch.cli import main
 from nemotron_train.launch.sweep import expand_arms
 

@@ -1,6 +1,6 @@
 import pytest
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.model.config import HybridModelConfig, padded_vocab_size
 
 

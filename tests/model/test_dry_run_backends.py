@@ -4,7 +4,7 @@ the meta device, and nothing is allocated on a GPU."""
 import pytest
 import torch
 
-from nemotron_train.model import accounting
+from nemotron_train.planning import parameters
 from nemotron_train.runtime.backends import transformer_engine_available
 from tests.model.test_report import VOCAB, small_model
 
@@ -23,12 +23,12 @@ def test_dry_run_builds_no_te_module_where_te_imports(monkeypatch):
     from megatron.core.transformer.moe import moe_layer
 
     model = small_model(**LATENT)
-    expected = accounting.count_parameters(model, VOCAB)
+    expected = parameters.count_parameters(model, VOCAB)
     # What Megatron-Core holds on a machine with TE: its own TE classes, untouched.
     monkeypatch.setattr(hybrid_block, "TENorm", RefusesTheMetaDevice)
     monkeypatch.setattr(moe_layer, "TELinear", RefusesTheMetaDevice)
     monkeypatch.setattr(moe_layer, "HAVE_TE", True)
-    counts = accounting.count_parameters(model, VOCAB)
+    counts = parameters.count_parameters(model, VOCAB)
     assert counts == expected
     assert hybrid_block.TENorm is RefusesTheMetaDevice  # and the run's modules are left as found
     assert moe_layer.TELinear is RefusesTheMetaDevice
@@ -38,7 +38,7 @@ def test_dry_run_builds_no_te_module_where_te_imports(monkeypatch):
 def test_dry_run_allocates_nothing_on_the_gpu():
     before = torch.cuda.memory_allocated()
     model = small_model(**LATENT, hidden_size=2048)
-    summary = accounting.summarize_parameters(model, accounting.count_parameters(model, VOCAB))
+    summary = parameters.summarize_parameters(model, parameters.count_parameters(model, VOCAB))
     assert summary.total * 4 > 10**7  # these weights in fp32 would take over 10 MB
     assert torch.cuda.memory_allocated() - before < 10**6
 
@@ -47,6 +47,6 @@ def test_dry_run_allocates_nothing_on_the_gpu():
 @pytest.mark.skipif(not transformer_engine_available(), reason="needs TransformerEngine")
 def test_te_spec_holds_the_parameters_the_dry_run_counts(single_process):
     model = small_model(**LATENT, spec="te")
-    summary = accounting.summarize_parameters(model, accounting.count_parameters(model, VOCAB))
+    summary = parameters.summarize_parameters(model, parameters.count_parameters(model, VOCAB))
     built = model.build(model.transformer_config(params_dtype=torch.bfloat16, bf16=True), VOCAB)
     assert sum(p.numel() for p in built.parameters()) == summary.total

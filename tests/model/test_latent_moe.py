@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.model.config import HybridModelConfig
 from nemotron_train.model.latent_moe import reinvested_latent_moe
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.config.schema import RunConfig
-from nemotron_train.model import accounting
+from nemotron_train.planning import communication, memory, parameters, training_flops
 from nemotron_train.model.config import HybridModelConfig
-from nemotron_train.model.layout import check_layout, require_valid_layout
+from nemotron_train.planning.layout import check_layout, require_valid_layout
 from nemotron_train.runtime.distributed import ParallelConfig
 from nemotron_train.training.config import TrainConfig
 
@@ -61,8 +61,8 @@ def test_counts_from_one_layer_per_type_equal_the_whole_model(pattern, latent, w
     from megatron.core.transformer.moe.moe_layer import MoELayer
 
     model = small_model(pattern, moe_latent_size=latent, mtp_shared_weights=False)
-    counts = accounting.count_parameters(model, VOCAB)
-    summary = accounting.summarize_parameters(model, counts)
+    counts = parameters.count_parameters(model, VOCAB)
+    summary = parameters.summarize_parameters(model, counts)
 
     full = whole_model(model)
     assert summary.total == sum(p.numel() for p in full.parameters())
@@ -89,17 +89,17 @@ def test_counts_from_one_layer_per_type_equal_the_whole_model(pattern, latent, w
 def test_shared_mtp_weights_are_stored_once():
     shared = small_model("ME*/*E/*E", mtp_shared_weights=True)
     separate = small_model("ME*/*E/*E", mtp_shared_weights=False)
-    shared_counts = accounting.count_parameters(shared, VOCAB)
-    separate_counts = accounting.count_parameters(separate, VOCAB)
+    shared_counts = parameters.count_parameters(shared, VOCAB)
+    separate_counts = parameters.count_parameters(separate, VOCAB)
     assert shared_counts.mtp_stored_depths == 1 and separate_counts.mtp_stored_depths == 2
-    assert (accounting.summarize_parameters(separate, separate_counts).mtp
-            == 2 * accounting.summarize_parameters(shared, shared_counts).mtp)
+    assert (parameters.summarize_parameters(separate, separate_counts).mtp
+            == 2 * parameters.summarize_parameters(shared, shared_counts).mtp)
 
 
 def test_dense_flops_are_six_per_weight_plus_the_causal_attention_sum():
     model = small_model("*-")
-    counts = accounting.count_parameters(model, VOCAB)
-    flops = accounting.flops_per_token(model, counts, VOCAB)
+    counts = parameters.count_parameters(model, VOCAB)
+    flops = training_flops.flops_per_token(model, counts, VOCAB)
     d, s, q, kv = model.hidden_size, model.seq_length, 4 * 16, 2 * 16
     matrices = d * (q + 2 * kv) + q * d + 2 * d * model.ffn_hidden_size + VOCAB * d
     # Causal attention over a sequence: token i scores i keys, sum 1..s = s(s+1)/2, 2 matmuls of
@@ -113,8 +113,8 @@ def test_latent_moe_cuts_traffic_and_expert_bytes_by_d_over_l():
     standard = small_model("ME")
     latent = small_model("ME", moe_latent_size=16)
     kwargs = dict(expert_parallel=4, activation_bytes=2, param_bytes=2)
-    t_standard = accounting.moe_traffic(standard, accounting.count_parameters(standard, VOCAB), **kwargs)
-    t_latent = accounting.moe_traffic(latent, accounting.count_parameters(latent, VOCAB), **kwargs)
+    t_standard = communication.moe_traffic(standard, parameters.count_parameters(standard, VOCAB), **kwargs)
+    t_latent = communication.moe_traffic(latent, parameters.count_parameters(latent, VOCAB), **kwargs)
     ratio = standard.hidden_size / latent.moe_latent_size
     assert t_latent.width_ratio == ratio
     assert t_standard.all_to_all_bytes_forward / t_latent.all_to_all_bytes_forward == ratio
@@ -124,24 +124,24 @@ def test_latent_moe_cuts_traffic_and_expert_bytes_by_d_over_l():
     assert t_standard.off_rank_fraction == 3 / 4
 
 
-def synthetic_counts() -> accounting.ModuleCounts:
+def synthetic_counts() -> parameters.ModuleCounts:
     """Round numbers instead of a build: one layer type, known shard classes."""
-    layer = accounting.ParamSplit(tensor_parallel=800, expert=6400, replicated=100, matmul=7200)
-    return accounting.ModuleCounts(
-        layers={"moe": layer}, embedding=accounting.ParamSplit(tensor_parallel=1000),
-        final_norm=accounting.ParamSplit(replicated=10),
-        output_layer=accounting.ParamSplit(tensor_parallel=1000, matmul=1000),
+    layer = parameters.ParamSplit(tensor_parallel=800, expert=6400, replicated=100, matmul=7200)
+    return parameters.ModuleCounts(
+        layers={"moe": layer}, embedding=parameters.ParamSplit(tensor_parallel=1000),
+        final_norm=parameters.ParamSplit(replicated=10),
+        output_layer=parameters.ParamSplit(tensor_parallel=1000, matmul=1000),
         mtp_depth=None, mtp_layers=(), mtp_stored_depths=0, mamba=None, linear_weights={})
 
 
 def test_memory_follows_megatrons_bytes_per_parameter():
     model = small_model("EEEE", vocab_size=VOCAB)
     counts = synthetic_counts()
-    layout = accounting.Layout(tensor=2, pipeline=2, context=1, expert=4, expert_tensor=1, world_size=32,
+    layout = memory.Layout(tensor=2, pipeline=2, context=1, expert=4, expert_tensor=1, world_size=32,
                                sequence_parallel=True, distributed_optimizer=True, micro_batch=1,
                                global_batch=64)
-    sizes = accounting.dtype_bytes(torch.bfloat16, grad_reduce_in_fp32=True)
-    first, last = accounting.memory_per_gpu(model, counts, layout, sizes, VOCAB)
+    sizes = memory.dtype_bytes(torch.bfloat16, grad_reduce_in_fp32=True)
+    first, last = memory.memory_per_gpu(model, counts, layout, sizes, VOCAB)
     # Stage 0: two layers + embedding; TP halves the TP part, EP x ETP = 4 splits the experts.
     dense0 = (2 * 800 + 1000) / 2 + 2 * 100
     experts0 = 2 * 6400 / 4
@@ -156,11 +156,11 @@ def test_memory_follows_megatrons_bytes_per_parameter():
 
 def test_moe_recompute_keeps_only_the_layer_input():
     model = small_model("ME")
-    layout = accounting.Layout(tensor=1, pipeline=1, context=1, expert=1, expert_tensor=1, world_size=1,
+    layout = memory.Layout(tensor=1, pipeline=1, context=1, expert=1, expert_tensor=1, world_size=1,
                                sequence_parallel=False, distributed_optimizer=False, micro_batch=2,
                                global_batch=2)
-    kept = accounting.activation_bytes_per_layer("moe", model, layout, 2, ("moe",))
-    full = accounting.activation_bytes_per_layer("moe", model, layout, 2)
+    kept = memory.activation_bytes_per_layer("moe", model, layout, 2, ("moe",))
+    full = memory.activation_bytes_per_layer("moe", model, layout, 2)
     residual = 2 * model.seq_length * model.hidden_size * 2
     assert kept == 2 * residual
     assert full > model.moe_router_topk * kept
@@ -171,16 +171,16 @@ def test_activation_split_by_layer_type_is_the_hand_computed_bytes():
 
     Residual R = 64 tokens x d 64 x 2 = 8192 bytes; every layer keeps its norm and mixer inputs, 2R.
     """
-    from nemotron_train.model.report import activation_split
+    from nemotron_train.planning.report import activation_split
 
     model = small_model("M*EM")
-    layout = accounting.Layout(tensor=1, pipeline=1, context=2, expert=1, expert_tensor=1, world_size=2,
+    layout = memory.Layout(tensor=1, pipeline=1, context=2, expert=1, expert_tensor=1, world_size=2,
                                sequence_parallel=False, distributed_optimizer=False, micro_batch=1,
                                global_batch=2)
-    sizes = accounting.dtype_bytes(torch.bfloat16, grad_reduce_in_fp32=True)
+    sizes = memory.dtype_bytes(torch.bfloat16, grad_reduce_in_fp32=True)
     counts = synthetic_counts()
-    counts = accounting.ModuleCounts(**{**counts.__dict__, "layers": {
-        "mamba": accounting.ParamSplit(), "attention": accounting.ParamSplit(), "moe": accounting.ParamSplit()}})
+    counts = parameters.ModuleCounts(**{**counts.__dict__, "layers": {
+        "mamba": parameters.ParamSplit(), "attention": parameters.ParamSplit(), "moe": parameters.ParamSplit()}})
     two_r = 2 * 8192
     # Mamba: in_proj out z,x (2 x 64) + B,C (2 x 2 groups x 16) + dt (8 heads) = 200, plus y and
     # the gated-norm output (2 x 64): 328 channels x 64 tokens x 2 bytes.
@@ -193,19 +193,19 @@ def test_activation_split_by_layer_type_is_the_hand_computed_bytes():
     moe = two_r + 64 * 8 * 2 * 4 + 2 * 64 * 2 * (2 * 64 + 2 * 32) + 64 * 2 * 48 * 2
     # Loss: final-norm and output-layer inputs, then bf16 logits and fp32 softmax over 512.
     loss = two_r + 64 * 512 * (4 + 2)
-    (stage,) = accounting.memory_per_gpu(model, counts, layout, sizes, VOCAB)
+    (stage,) = memory.memory_per_gpu(model, counts, layout, sizes, VOCAB)
     split = activation_split(stage)
     assert (split["mamba"], split["attention"], split["moe"], split["loss_and_mtp"]) == (
         2 * mamba, attention, moe, loss)
     assert split["total"] == 453632 and split["recompute_peak"] == 0
-    assert "no recompute" in accounting.recompute_assumption(())
+    assert "no recompute" in memory.recompute_assumption(())
 
     # MoE recompute: the MoE layer keeps 2R, and one full MoE layer is alive during its backward.
     recomputed = dataclasses.replace(model, recompute=["moe"])
-    (stage,) = accounting.memory_per_gpu(recomputed, counts, layout, sizes, VOCAB)
+    (stage,) = memory.memory_per_gpu(recomputed, counts, layout, sizes, VOCAB)
     split = activation_split(stage)
     assert (split["moe"], split["recompute_peak"]) == (two_r, moe)
-    assert "MoE layers keep only their input" in accounting.recompute_assumption(("moe",))
+    assert "MoE layers keep only their input" in memory.recompute_assumption(("moe",))
 
 
 def test_a_short_step_length_must_split_over_context_parallel_ranks():
@@ -247,7 +247,7 @@ def test_a_valid_layout_passes_every_rule():
 def test_nvfp4_linear_flops_fractions_follow_the_policy_by_hand():
     """'MEM*ME' at d=64 under the NVFP4 policy: the last layer (5, MoE) is BF16 (15% of 6,
     rounded up), Mamba out_proj MXFP8, attention and output layer BF16, router fp32."""
-    from nemotron_train.model.report import precision_map
+    from nemotron_train.planning.report import precision_map
     from nemotron_train.precision.presets import PrecisionConfig
 
     model = small_model("MEM*ME")
@@ -264,7 +264,7 @@ def test_nvfp4_linear_flops_fractions_follow_the_policy_by_hand():
     by_format = {"nvfp4": 3 * in_proj + experts + shared, "mxfp8": 3 * out_proj,
                  "bf16": experts + shared + attention + output, "fp32": 2 * router}
     total = sum(by_format.values())
-    fractions = precision_map(config, accounting.count_parameters(model, VOCAB))["linear_flops_fraction"]
+    fractions = precision_map(config, parameters.count_parameters(model, VOCAB))["linear_flops_fraction"]
     assert fractions == pytest.approx({fmt: n / total for fmt, n in by_format.items()}, rel=1e-12)
 
 

@@ -3,26 +3,13 @@
 import pytest
 import torch
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.model.config import HybridModelConfig
-from nemotron_train.model.specs import select_hybrid_stack_spec
-from nemotron_train.runtime.backends import transformer_engine_available
 
 
-def test_auto_picks_the_spec_by_what_imports():
-    _, name = select_hybrid_stack_spec("auto")
-    assert name == ("te" if transformer_engine_available() else "local")
-
-
-@pytest.mark.skipif(transformer_engine_available(), reason="TE is importable here")
-def test_asking_for_te_without_it_names_the_fix():
-    with pytest.raises(ConfigError, match="model.spec='te'.*install the `gpu` extra"):
-        select_hybrid_stack_spec("te")
-
-
-def test_unknown_spec_is_rejected():
+def test_unknown_spec_is_rejected_when_the_config_is_made():
     with pytest.raises(ConfigError, match="model.spec='fast'"):
-        select_hybrid_stack_spec("fast")
+        HybridModelConfig(pattern="M", num_layers=1, hidden_size=64, spec="fast")
 
 
 def test_local_spec_builds_each_layer_type(single_process):

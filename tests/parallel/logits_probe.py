@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from nemotron_train.config.schema import register_schema
 from nemotron_train.model.context_parallel_attention import load_balanced_positions
 from nemotron_train.training.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from nemotron_train.training.loop import megatron_session
+from nemotron_train.runtime.megatron_session import megatron_session
 from nemotron_train.training.model_setup import build_model
 from nemotron_train.training.optimizer import build_optimizer, build_scheduler, schedule_steps
 from nemotron_train.precision.presets import precision_settings

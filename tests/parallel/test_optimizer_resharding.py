@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.training.checkpoint import check_optimizer_reshardable
 from nemotron_train.training.rng_state import RngLayout
 from tests.parallel.parity import GRAD_NORM_RTOL, LOSS_RTOL, run_training

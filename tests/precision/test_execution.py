@@ -3,19 +3,19 @@ rendered from the same policy (no Blackwell here: checked as data)."""
 
 import pytest
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.precision.execution import (
     EMULATED_DESCRIPTION,
     NATIVE_DESCRIPTION,
     plan_precision,
-    quantization_recipe,
+    te_quantization_recipe,
     require_native_ablation_environment,
     select_precision_path,
-    write_quantization_recipe,
+    write_te_quantization_recipe,
 )
 from nemotron_train.precision.policy import nvfp4_policy
 from nemotron_train.precision.presets import PrecisionConfig
-from nemotron_train.precision.quantized_linear import NVFP4Recipe
+from nemotron_train.precision.quantized_linear import NVFP4Techniques
 
 NANO_PATTERN = "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME"
 NANO_MODULES = {
@@ -61,7 +61,7 @@ def test_bad_precision_fields_are_rejected(key, value):
 def test_emulated_plan_keeps_megatron_core_in_bf16():
     plan = plan_precision(PrecisionConfig(recipe="nvfp4", rht=False), 6, native_available=False)
     assert plan.description == EMULATED_DESCRIPTION == "emulated (nemotron_train.precision)"
-    assert plan.nvfp4_recipe == NVFP4Recipe(rht=False)
+    assert plan.nvfp4_techniques == NVFP4Techniques(rht=False)
     assert "fp4" not in plan.transformer_fields and plan.transformer_fields["bf16"]
 
 
@@ -90,8 +90,8 @@ def test_recipe_file_round_trips_through_megatron_cores_loader(tmp_path):
     from megatron.core.quantization.utils import load_quantization_recipe
 
     policy = nvfp4_policy(52)
-    loaded = load_quantization_recipe(str(write_quantization_recipe(policy, tmp_path / "q.yaml")))
-    assert loaded.configs == quantization_recipe(policy)["configs"]
+    loaded = load_quantization_recipe(str(write_te_quantization_recipe(policy, tmp_path / "q.yaml")))
+    assert loaded.configs == te_quantization_recipe(policy)["configs"]
     assert loaded.configs["mxfp8"]["training_recipe"] == {"fp8_quantization_recipe": "mxfp8",
                                                          "fp8_format": "e4m3"}
     assert loaded.configs["nvfp4"]["training_recipe"] == {"fp4_quantization_recipe": "nvfp4"}
@@ -104,7 +104,7 @@ def test_recipe_file_round_trips_through_megatron_cores_loader(tmp_path):
 
 def test_native_ablations_must_match_tes_environment(clean_te_environment):
     with pytest.raises(ConfigError, match="precision.rht=False.*NVTE_NVFP4_DISABLE_RHT=1"):
-        require_native_ablation_environment(NVFP4Recipe(rht=False), {})
-    require_native_ablation_environment(NVFP4Recipe(rht=False), {"NVTE_NVFP4_DISABLE_RHT": "1"})
+        require_native_ablation_environment(NVFP4Techniques(rht=False), {})
+    require_native_ablation_environment(NVFP4Techniques(rht=False), {"NVTE_NVFP4_DISABLE_RHT": "1"})
     with pytest.raises(ConfigError, match="precision.weight_2d=True"):
-        require_native_ablation_environment(NVFP4Recipe(), {"NVTE_NVFP4_DISABLE_2D_QUANTIZATION": "1"})
+        require_native_ablation_environment(NVFP4Techniques(), {"NVTE_NVFP4_DISABLE_2D_QUANTIZATION": "1"})

@@ -13,7 +13,7 @@ from nemotron_train.precision.parallel_linear import (
     QuantizedRowParallelLinear,
 )
 from nemotron_train.precision.policy import nvfp4_policy, uniform_policy
-from nemotron_train.precision.quantized_linear import NVFP4Recipe, mxfp8_linear, nvfp4_linear
+from nemotron_train.precision.quantized_linear import NVFP4Techniques, mxfp8_linear, nvfp4_linear
 
 # Mamba in_proj has 2 * 128 + 2 * 2 * 16 + 4 = 324 outputs: not a multiple of 16, so the
 # padding path is exercised too.
@@ -25,7 +25,7 @@ TINY = dict(pattern="MEM*ME", num_layers=6, hidden_size=64, head_dim=16, num_att
 VOCAB = 256
 
 
-def build_tiny(policy, recipe=NVFP4Recipe(), seed=0):
+def build_tiny(policy, recipe=NVFP4Techniques(), seed=0):
     import megatron.core.tensor_parallel as tp
 
     config = HybridModelConfig(**TINY)
@@ -124,7 +124,7 @@ def test_bf16_format_runs_megatron_cores_own_gemm(single_process):
 def test_each_ablation_switch_changes_exactly_its_operands(single_process, switch, changed):
     x = activations(32, 2, 64)
     baseline_model, _ = build_tiny(nvfp4_policy(6))
-    ablated_model, _ = build_tiny(nvfp4_policy(6), NVFP4Recipe(**{switch: False}))
+    ablated_model, _ = build_tiny(nvfp4_policy(6), NVFP4Techniques(**{switch: False}))
     baseline = grads_of(baseline_model.decoder.layers[1].mlp.shared_experts.linear_fc1, x, 21)
     ablated = grads_of(ablated_model.decoder.layers[1].mlp.shared_experts.linear_fc1, x, 21)
     for name, base, abl, should_change in zip(("output", "dgrad", "wgrad"), baseline, ablated, changed):
@@ -132,7 +132,7 @@ def test_each_ablation_switch_changes_exactly_its_operands(single_process, switc
 
 
 def test_stochastic_rounding_off_makes_the_backward_deterministic(single_process):
-    model, _ = build_tiny(nvfp4_policy(6), NVFP4Recipe(stochastic_rounding=False))
+    model, _ = build_tiny(nvfp4_policy(6), NVFP4Techniques(stochastic_rounding=False))
     fc1 = model.decoder.layers[1].mlp.shared_experts.linear_fc1
     x = activations(32, 2, 64)
     first, second = grads_of(fc1, x, 1), grads_of(fc1, x, 2)

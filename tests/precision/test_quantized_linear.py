@@ -12,13 +12,13 @@ from nemotron_train.precision import mxfp8, nvfp4
 from nemotron_train.precision.hadamard import rht_matrix
 from nemotron_train.precision.quantized_linear import (
     FlushCounter,
-    NVFP4Recipe,
+    NVFP4Techniques,
     mxfp8_linear,
     nvfp4_linear,
 )
 
 ALL_RECIPES = [
-    NVFP4Recipe(rht=rht, stochastic_rounding=sr, weight_2d=w2d)
+    NVFP4Techniques(rht=rht, stochastic_rounding=sr, weight_2d=w2d)
     for rht, sr, w2d in itertools.product([True, False], repeat=3)
 ]
 
@@ -78,7 +78,7 @@ def test_nvfp4_gemms_match_the_recipe_table(recipe):
 
 def test_each_switch_changes_only_its_operands():
     x, w, dy = example()
-    base = NVFP4Recipe()
+    base = NVFP4Techniques()
     y, grad_x, grad_w = run_nvfp4(base, x, w, dy)
 
     # RHT touches only the wgrad operands.
@@ -118,7 +118,7 @@ def test_rht_wgrad_equals_plain_wgrad_when_quantization_is_exact():
     w = torch.randn(32, 16, generator=g)
     exact = (dy.double().T @ x.double()).float()
     for rht in (True, False):
-        recipe = NVFP4Recipe(rht=rht, stochastic_rounding=False)
+        recipe = NVFP4Techniques(rht=rht, stochastic_rounding=False)
         _, _, grad_w = run_nvfp4(recipe, x, w, dy)
         torch.testing.assert_close(grad_w, exact, rtol=1e-6, atol=1e-6)
 
@@ -126,7 +126,7 @@ def test_rht_wgrad_equals_plain_wgrad_when_quantization_is_exact():
 def test_shapes_and_dtypes_of_outputs_and_gradients():
     x, w, dy = example(seq=2, batch=8, d_in=64, d_out=32)
     w = w.float()
-    y, grad_x, grad_w = run_nvfp4(NVFP4Recipe(), x, w, dy)
+    y, grad_x, grad_w = run_nvfp4(NVFP4Techniques(), x, w, dy)
     assert y.shape == (2, 8, 32) and y.dtype == torch.bfloat16
     assert grad_x.shape == x.shape and grad_x.dtype == torch.bfloat16
     assert grad_w.shape == w.shape and grad_w.dtype == torch.float32
@@ -166,7 +166,7 @@ def test_flush_counter_counts_nonzero_inputs_decoded_as_zero():
     assert set(counter.fractions()) == {"x", "weight", "grad_output", "grad_output_t", "x_t"}
 
     counter_1d = FlushCounter()
-    run_nvfp4(NVFP4Recipe(weight_2d=False), *example(), flush_counter=counter_1d)
+    run_nvfp4(NVFP4Techniques(weight_2d=False), *example(), flush_counter=counter_1d)
     assert "weight_t" in counter_1d.fractions()
 
 
@@ -195,7 +195,7 @@ def _column_parallel_worker(rank: int, world_size: int, init_file: str) -> None:
         # Different scales per shard, so each shard's own amax would differ.
         w = torch.randn(64, 32, generator=g) * torch.linspace(0.1, 10, 64)[:, None]
         dy = torch.randn(32, 64, generator=g)
-        recipe = NVFP4Recipe(stochastic_rounding=False)
+        recipe = NVFP4Techniques(stochastic_rounding=False)
         y_full, grad_x_full, grad_w_full = run_nvfp4(recipe, x, w, dy)
 
         shard = slice(32 * rank, 32 * (rank + 1))
@@ -232,7 +232,7 @@ def test_tp_group_reduces_amax_so_shards_quantize_like_the_full_tensor(tmp_path)
 @pytest.mark.gpu
 def test_cuda_matches_cpu():
     x, w, dy = example()
-    recipe = NVFP4Recipe(stochastic_rounding=False)
+    recipe = NVFP4Techniques(stochastic_rounding=False)
     cpu = run_nvfp4(recipe, x, w, dy)
     x_gpu, w_gpu = x.cuda().requires_grad_(), w.cuda().requires_grad_()
     y = nvfp4_linear(x_gpu, w_gpu, recipe)

@@ -4,7 +4,7 @@ import pytest
 from hydra.errors import MissingConfigException
 
 from nemotron_train.model.latent_moe import reinvested_latent_moe
-from nemotron_train.model.report import build_report
+from nemotron_train.planning.report import build_report
 from tests.recipes.test_recipes import compose_recipe
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.config.schema import RunConfig
 from nemotron_train.model.config import HybridModelConfig
 from nemotron_train.report.ablation import write_report

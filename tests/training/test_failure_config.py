@@ -2,7 +2,7 @@
 
 import pytest
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.runtime.distributed import ParallelConfig
 from nemotron_train.telemetry.metrics import LoggingConfig
 from nemotron_train.training.checkpoint import CheckpointConfig

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from megatron.core import tensor_parallel
 
-from nemotron_train.precision.quantized_linear import NVFP4Recipe, nvfp4_linear
+from nemotron_train.precision.quantized_linear import NVFP4Techniques, nvfp4_linear
 from nemotron_train.precision.stochastic_rounding import StochasticRoundingStream
 from nemotron_train.training.rng_state import (
     RngLayout,
@@ -48,7 +48,7 @@ def quantized_backward(stream: StochasticRoundingStream) -> torch.Tensor:
     """dW of an NVFP4 linear: its gradient operands are stochastically rounded."""
     x = torch.linspace(-2, 2, 32 * 16).reshape(32, 16).requires_grad_()
     weight = torch.linspace(-1, 1, 16 * 16).reshape(16, 16).requires_grad_()
-    y = nvfp4_linear(x, weight, NVFP4Recipe(stochastic_rounding=True),
+    y = nvfp4_linear(x, weight, NVFP4Techniques(stochastic_rounding=True),
                      generator=None if stream is None else stream.generator)
     y.backward(torch.linspace(-3, 3, 32 * 16).reshape(32, 16))
     return weight.grad

@@ -5,7 +5,7 @@ the model is built. Machines are described, not probed."""
 import pytest
 import torch
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 from nemotron_train.config.schema import RunConfig
 from nemotron_train.model.config import HybridModelConfig
 from nemotron_train.precision.execution import EMULATED_DESCRIPTION, NATIVE_DESCRIPTION

@@ -68,7 +68,7 @@ def test_every_step_is_logged_once_with_its_validation_loss(short_run):
 
 def test_metrics_carry_model_flops_mfu_memory_and_expert_load(short_run):
     from tests.recipes.test_recipes import compose_recipe
-    from nemotron_train.model.report import build_report
+    from nemotron_train.planning.report import build_report
 
     run_dir, _ = short_run
     flops_per_token = build_report(compose_recipe("tiny"))["flops_per_token"]  # the dry run's count

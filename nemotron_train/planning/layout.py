@@ -7,7 +7,7 @@
 import math
 from dataclasses import dataclass
 
-from nemotron_train.config.errors import ConfigError
+from nemotron_train.errors import ConfigError
 
 
 @dataclass(frozen=True)

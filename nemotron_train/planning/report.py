@@ -9,9 +9,9 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from nemotron_train.model import accounting
+from nemotron_train.planning import communication, memory, parameters, training_flops
 from nemotron_train.model.config import padded_vocab_size
-from nemotron_train.model.layout import check_layout, dry_run_world_size, require_valid_layout
+from nemotron_train.planning.layout import check_layout, dry_run_world_size, require_valid_layout
 from nemotron_train.precision.execution import precision_policy
 from nemotron_train.precision.policy import linear_flops_fractions, pattern_formats
 from nemotron_train.precision.presets import precision_settings
@@ -29,7 +29,7 @@ def precision_map(config, counts) -> dict:
     return {
         "modules": pattern_formats(policy, main, counts.linear_modules),
         "linear_flops_fraction": linear_flops_fractions(
-            policy, main, accounting.linear_flops_by_module(config.model, counts)),
+            policy, main, training_flops.linear_flops_by_module(config.model, counts)),
     }
 
 
@@ -61,20 +61,20 @@ def build_report(config) -> dict:
     checks = check_layout(config, world_size)
     require_valid_layout(config, checks)
     vocab_size = resolve_vocab_size(config)
-    counts = accounting.count_parameters(model, vocab_size)
-    params = accounting.summarize_parameters(model, counts)
-    flops = accounting.flops_per_token(model, counts, vocab_size)
+    counts = parameters.count_parameters(model, vocab_size)
+    params = parameters.summarize_parameters(model, counts)
+    flops = training_flops.flops_per_token(model, counts, vocab_size)
     settings = precision_settings(config.precision)
-    sizes = accounting.dtype_bytes(settings.transformer["params_dtype"], config.precision.grad_reduce_in_fp32)
-    layout = accounting.Layout(
+    sizes = memory.dtype_bytes(settings.transformer["params_dtype"], config.precision.grad_reduce_in_fp32)
+    layout = memory.Layout(
         tensor=parallel.tensor, pipeline=parallel.pipeline, context=parallel.context,
         expert=parallel.expert, expert_tensor=parallel.expert_tensor or parallel.tensor,
         world_size=world_size, sequence_parallel=parallel.sequence_parallel,
         distributed_optimizer=parallel.distributed_optimizer,
         micro_batch=config.train.micro_batch_size, global_batch=config.train.global_batch_size,
     )
-    stages = accounting.memory_per_gpu(model, counts, layout, sizes, vocab_size)
-    traffic = accounting.moe_traffic(model, counts, expert_parallel=parallel.expert,
+    stages = memory.memory_per_gpu(model, counts, layout, sizes, vocab_size)
+    traffic = communication.moe_traffic(model, counts, expert_parallel=parallel.expert,
                                      activation_bytes=sizes.activation, param_bytes=sizes.param)
     parsed = model.parsed_pattern
     tokens_per_step = config.train.global_batch_size * model.seq_length
@@ -122,18 +122,18 @@ def build_report(config) -> dict:
             "mamba_shape": asdict(counts.mamba) if counts.mamba else None,
         },
         "memory": {
-            "gpu_capacity_bytes": accounting.GPU_MEMORY_BYTES,
-            "fits": peak.peak <= accounting.GPU_MEMORY_BYTES,
+            "gpu_capacity_bytes": memory.GPU_MEMORY_BYTES,
+            "fits": peak.peak <= memory.GPU_MEMORY_BYTES,
             "peak_stage": peak.stage,
             "peak_with_distributed_optimizer": max(s.total(True) for s in stages),
             "peak_without_distributed_optimizer": max(s.total(False) for s in stages),
             "bytes_per_element": asdict(sizes),
             "activation_bytes_per_layer": {
-                layer_type: accounting.activation_bytes_per_layer(
+                layer_type: memory.activation_bytes_per_layer(
                     layer_type, model, layout, sizes.activation, tuple(model.recompute))
                 for layer_type in counts.layers},
             "recompute": list(model.recompute),
-            "recompute_assumption": accounting.recompute_assumption(tuple(model.recompute)),
+            "recompute_assumption": memory.recompute_assumption(tuple(model.recompute)),
             "activation_split": activation_split(peak),
             "stages": [asdict(stage) | {"peak": stage.peak} for stage in stages],
         },
@@ -153,7 +153,7 @@ def build_report(config) -> dict:
     }
 
 
-def activation_split(stage: accounting.StageMemory) -> dict:
+def activation_split(stage: memory.StageMemory) -> dict:
     """A stage's activation bytes by where they are kept (all micro-batches in flight)."""
     return activation_split_of(asdict(stage))
 

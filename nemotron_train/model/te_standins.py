@@ -1,7 +1,7 @@
 """Megatron-Core modules that hard-wire TransformerEngine, given local stand-ins.
 
-Active for the whole process only where TransformerEngine cannot be imported (CPU, or a GPU
-image without TE); with TE present Megatron-Core runs untouched, except inside
+Installed by `HybridModelConfig.build`, for the whole process, only where TransformerEngine
+cannot be imported (CPU, or a GPU image without TE); with TE present Megatron-Core runs untouched, except inside
 `local_standins()` (the dry run's meta-device probe, which never builds TE modules). Each
 stand-in keeps the parameter names and shapes of the TE module it replaces, so checkpoints
 and parameter counts match.
@@ -9,6 +9,8 @@ and parameter counts match.
 
 from contextlib import contextmanager
 
+from nemotron_train.model.duplicated_linear import DuplicatedLinear
+from nemotron_train.model.norms import RMSNormWithExtraState
 from nemotron_train.runtime.backends import transformer_engine_available
 
 _installed = False
@@ -29,9 +31,6 @@ def _swap_in(norm, linear) -> tuple:
 
 
 def _standin_modules() -> tuple:
-    from nemotron_train.model.duplicated_linear import DuplicatedLinear
-    from nemotron_train.model.norms import RMSNormWithExtraState
-
     # With an _extra_state like TENorm's, so both specs save the same checkpoint keys.
     return RMSNormWithExtraState, DuplicatedLinear
 

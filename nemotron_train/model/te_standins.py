@@ -1,7 +1,8 @@
 """Megatron-Core modules that hard-wire TransformerEngine, given local stand-ins.
 
 Installed by `HybridModelConfig.build`, for the whole process, only where TransformerEngine
-cannot be imported (CPU, or a GPU image without TE); with TE present Megatron-Core runs untouched, except inside
+cannot be imported (CPU, or a GPU image without TE); with TE present Megatron-Core runs
+untouched, except inside
 `local_standins()` (the dry run's meta-device probe, which never builds TE modules). Each
 stand-in keeps the parameter names and shapes of the TE module it replaces, so checkpoints
 and parameter counts match.
@@ -12,9 +13,6 @@ from contextlib import contextmanager
 from nemotron_train.model.duplicated_linear import DuplicatedLinear
 from nemotron_train.model.norms import RMSNormWithExtraState
 from nemotron_train.runtime.backends import transformer_engine_available
-
-_installed = False
-
 
 def _swap_in(norm, linear) -> tuple:
     """Point Megatron-Core at `norm` and `linear`; return what they replaced."""
@@ -36,13 +34,12 @@ def _standin_modules() -> tuple:
 
 
 def install() -> bool:
-    """Install the stand-ins once; return True if this machine needed them."""
-    global _installed
+    """Install the stand-ins where TE is missing (again on every call: a `local_standins()`
+    block that began before the first install restores TE's names when it ends); return True
+    if this machine needed them."""
     if transformer_engine_available():
         return False
-    if not _installed:
-        _swap_in(*_standin_modules())
-        _installed = True
+    _swap_in(*_standin_modules())
     return True
 
 

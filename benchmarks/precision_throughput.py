@@ -16,6 +16,7 @@ benchmarks/results/precision_throughput_cpu.json and prints a Markdown table.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,7 @@ ARMS = ("bf16", "nvfp4")
 
 def run(arm: str, index: int, args) -> dict:
     run_dir = args.run_root / f"{arm}_{index}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a left-over checkpoint would make train.py resume
     command = [sys.executable, "train.py", f"recipe={args.recipe}", f"precision={arm}",
                f"train.max_steps={args.steps}", f"optim.warmup_steps={max(1, args.steps // 10)}",
                "logging.log_interval=1",

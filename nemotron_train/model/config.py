@@ -8,7 +8,11 @@ from megatron.core.activations import squared_relu
 from megatron.core.transformer import TransformerConfig
 
 from nemotron_train.errors import ConfigError
+from nemotron_train.model import te_standins
 from nemotron_train.model.pattern import HybridPattern, parse_pattern
+from nemotron_train.model.specs import hybrid_stack_spec
+from nemotron_train.precision.execution import select_layer_spec
+from nemotron_train.runtime.backends import transformer_engine_available
 
 
 @dataclass(kw_only=True)
@@ -223,11 +227,6 @@ class HybridModelConfig:
         `model.spec` here (precision/execution.py resolves it together with the precision path).
         """
         from megatron.core.models.hybrid.hybrid_model import HybridModel
-
-        from nemotron_train.model import te_standins
-        from nemotron_train.model.specs import hybrid_stack_spec
-        from nemotron_train.precision.execution import select_layer_spec
-        from nemotron_train.runtime.backends import transformer_engine_available
 
         te_standins.install()  # HybridStack and LatentMoE build TE modules whatever the spec says
         if spec is None:

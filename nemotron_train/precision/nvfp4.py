@@ -39,6 +39,7 @@ works in it; E2M1 rounding is integer and float32 operations on the bit
 pattern (see :func:`round_to_e2m1`) instead of a chain of float passes.
 """
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -53,8 +54,9 @@ E2M1_MAX = 6.0
 E4M3_MAX = 448.0
 FLT_MAX = torch.finfo(torch.float32).max
 # fl(1/6), the kernel's `constexpr float fp4_max_inv = 1.0f / 6.0f` (a Python
-# float holding the float32 value exactly).
-E2M1_MAX_RECIPROCAL = torch.tensor(1 / 6, dtype=torch.float32).item()
+# float holding the float32 value exactly; no tensor, so importing this module under a
+# meta-device allocation context works).
+E2M1_MAX_RECIPROCAL = struct.unpack("f", struct.pack("f", 1 / 6))[0]
 
 # E2M1 magnitudes in code order: the 3-bit magnitude index of a 4-bit code.
 E2M1_MAGNITUDES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)

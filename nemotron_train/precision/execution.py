@@ -39,6 +39,7 @@ from nemotron_train.precision.policy import (
 )
 from nemotron_train.precision.presets import PrecisionConfig, precision_settings
 from nemotron_train.precision.quantized_linear import NVFP4Techniques
+from nemotron_train.runtime.backends import cuda_available
 
 NATIVE_DESCRIPTION = "native (TE NVFP4)"
 EMULATED_DESCRIPTION = "emulated (nemotron_train.precision)"
@@ -86,7 +87,7 @@ def native_nvfp4_available() -> bool:
     """TransformerEngine imports and the current GPU is a Blackwell (capability >= 10)."""
     from nemotron_train.runtime.backends import transformer_engine_available
 
-    return (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 10
+    return (cuda_available() and torch.cuda.get_device_capability()[0] >= 10
             and transformer_engine_available())
 
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from megatron.core import dist_checkpointing, parallel_state
@@ -34,6 +33,7 @@ from megatron.core.dist_checkpointing.strategies.torch import (
     get_async_strategy,
 )
 
+from nemotron_train.runtime.backends import cuda_available
 from nemotron_train.training.checkpoint_integrity import (
     LATEST_FILE,
     PARTIAL_SUFFIX,
@@ -191,7 +191,7 @@ def resolve_save_options(checkpoint_cfg) -> SaveOptions:
     """SaveOptions for this machine: async on CUDA unless configured, NVRx when it imports."""
     asynchronous = checkpoint_cfg.async_save
     if asynchronous is None:
-        asynchronous = torch.cuda.is_available()
+        asynchronous = cuda_available()
     strategy = checkpoint_cfg.async_strategy
     if strategy == "auto":
         strategy = "nvrx" if nvrx_available() else "mcore"

@@ -26,6 +26,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing import ShardedObject
 
+from nemotron_train.runtime.backends import cuda_available
+
 RNG_KEY = "rng_state"
 LAYOUT_KEY = "rng_layout"
 
@@ -62,7 +64,7 @@ def capture_rng_state(rounding_stream=None) -> dict:
         "tracker": {name: value.clone() for name, value in
                     tensor_parallel.get_cuda_rng_tracker().get_states().items()},
     }
-    if torch.cuda.is_available():
+    if cuda_available():
         state["torch_cuda"] = torch.cuda.get_rng_state()
     if rounding_stream is not None:
         state["stochastic_rounding"] = rounding_stream.get_state()
@@ -74,7 +76,7 @@ def restore_rng_state(state: dict, rounding_stream=None) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch_cpu"])
-    if torch.cuda.is_available() and "torch_cuda" in state:
+    if cuda_available() and "torch_cuda" in state:
         torch.cuda.set_rng_state(state["torch_cuda"])
     tensor_parallel.get_cuda_rng_tracker().set_states(
         {name: value.clone() for name, value in state["tracker"].items()})

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from nemotron_train.precision.policy import global_module_name, stage_first_layer_index
+from nemotron_train.runtime.backends import cuda_available
 
 # Dense BF16 tensor-core peaks (TFLOP/s per GPU) by device name; MFU is quoted against BF16
 # whatever the run's precision, as the Nemotron and Megatron-LM reports do.
@@ -52,7 +53,7 @@ class ModelFlops:
 
 def device_peak_tflops() -> Optional[float]:
     """This GPU's dense BF16 peak from its name (None on CPU or an unknown GPU)."""
-    if not torch.cuda.is_available():
+    if not cuda_available():
         return None
     name = torch.cuda.get_device_name()
     for marker, peak in BF16_PEAK_TFLOPS:
@@ -75,7 +76,7 @@ def step_throughput(flops: Optional[ModelFlops], tokens: int, seq_length: int, s
 
 def peak_memory_gb() -> float:
     """Peak memory of this process so far: CUDA's max allocated, or the peak RSS on CPU."""
-    if torch.cuda.is_available():
+    if cuda_available():
         return torch.cuda.max_memory_allocated() / 1e9
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux: KiB
 

@@ -11,10 +11,11 @@ the `megatron.core.utils` log every N steps.
 import logging
 from dataclasses import dataclass
 
-import torch
 import torch.distributed as dist
 from megatron.core import utils as megatron_utils
 from megatron.core.timers import Timers
+
+from nemotron_train.runtime.backends import cuda_available
 
 STEP_TIMER = "train-step"
 # Megatron-Core's singleton: constructing StragglerDetector() again would re-initialise it
@@ -34,7 +35,7 @@ class RankStepTimes:
         self.timers = Timers(log_level=0, log_option="minmax")
         self.steps = 0
         self.straggler = None
-        if self.interval and torch.cuda.is_available():
+        if self.interval and cuda_available():
             self.straggler = _STRAGGLER_DETECTOR
             if not self.straggler.configured:  # once per process: it starts a control server
                 self.straggler.configure(dist.get_world_size(), dist.get_rank(), enabled=True)

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from nemotron_train.planning import parameters
-from nemotron_train.runtime.backends import transformer_engine_available
 from tests.model.test_report import VOCAB, small_model
 
 LATENT = dict(pattern="ME*EM/*E", moe_latent_size=32)
@@ -44,7 +43,7 @@ def test_dry_run_allocates_nothing_on_the_gpu():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not transformer_engine_available(), reason="needs TransformerEngine")
+@pytest.mark.imports("transformer_engine")
 def test_te_spec_holds_the_parameters_the_dry_run_counts(single_process):
     model = small_model(**LATENT, spec="te")
     summary = parameters.summarize_parameters(model, parameters.count_parameters(model, VOCAB))

@@ -5,11 +5,9 @@ Blackwell, the local spec's emulation elsewhere)."""
 import pytest
 import torch
 
-from nemotron_train.runtime.backends import transformer_engine_available
 from tests.training.test_cuda_training import STEPS, losses, train
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not transformer_engine_available(), reason="needs TransformerEngine")]
+pytestmark = [pytest.mark.gpu, pytest.mark.imports("transformer_engine")]
 
 
 def test_te_spec_trains_and_resumes_under_fused_adam_bit_for_bit(tmp_path):
